@@ -1,0 +1,112 @@
+"""The boxd daemon: connects to the bus and to podman, serves io.github.boxd1 until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dbus_next import BusType, NameFlag, RequestNameReply
+from dbus_next.aio import MessageBus
+
+from boxd import __version__, config, errors, log, podman
+from boxd.authz import Authorizer
+from boxd.bus.dispatch import Dispatcher
+from boxd.bus.service import BUS_NAME, BoxdService
+from boxd.manager import BoxManager
+
+_log = log.get("boxd.daemon")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="boxd", description="Serve pet containers (boxes) over D-Bus, driving podman.")
+    parser.add_argument("--config", type=Path,
+                        help="YAML config file (default /etc/boxd/boxd.yaml)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--system", dest="mode", action="store_const", const="system",
+                      help="serve on the system bus (the default)")
+    mode.add_argument("--session", dest="mode", action="store_const", const="session",
+                      help="serve the calling user on the session bus, with rootless podman")
+    parser.add_argument("--bus-address", help="connect to this bus address instead")
+    parser.add_argument("--version", action="version", version=f"boxd {__version__}")
+    return parser.parse_args(argv)
+
+
+def effective_config(args: argparse.Namespace) -> config.Config:
+    cfg = config.load(args.config)
+    overrides = {}
+    if args.mode:
+        overrides["mode"] = args.mode
+    if args.bus_address:
+        overrides["bus_address"] = args.bus_address
+    if overrides.get("mode") == "session" and args.config is None:
+        runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+        state = os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state"))
+        overrides.setdefault("podman_socket", f"{runtime}/podman/podman.sock")
+        overrides.setdefault("state_dir", f"{state}/boxd")
+    if overrides:
+        data = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        cfg = config.Config(**{**data, **overrides})
+    return cfg
+
+
+async def serve(cfg: config.Config) -> int:
+    if cfg.bus_address:
+        bus = MessageBus(bus_address=cfg.bus_address, negotiate_unix_fd=True)
+    else:
+        bus_type = BusType.SYSTEM if cfg.mode == "system" else BusType.SESSION
+        bus = MessageBus(bus_type=bus_type, negotiate_unix_fd=True)
+    try:
+        await bus.connect()
+    except OSError as exc:
+        _log.error("bus_unreachable", error=str(exc))
+        return 1
+    client = podman.PodmanClient(cfg.podman_socket, timeout=cfg.podman_timeout)
+    manager = BoxManager(cfg, client)
+    service = BoxdService(Dispatcher(bus), manager, Authorizer(cfg.mode, os.getuid()),
+                          cfg.default_image)
+    follower = asyncio.create_task(manager.run(service.podman_changed))
+    reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        _log.error("bus_name_taken", name=BUS_NAME, reply=reply.name)
+        follower.cancel()
+        return 1
+    _log.info("ready", name=BUS_NAME, mode=cfg.mode, podman=cfg.podman_socket,
+              version=__version__)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    disconnected = asyncio.create_task(bus.wait_for_disconnect())
+    await asyncio.wait([asyncio.create_task(stop.wait()), disconnected, follower],
+                       return_when=asyncio.FIRST_COMPLETED)
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await follower
+    await client.aclose()
+    if disconnected.done():
+        _log.error("bus_lost")
+        return 1
+    bus.disconnect()
+    _log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = effective_config(args)
+    except errors.ConfigError as exc:
+        print(f"boxd: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    log.configure(cfg.log_format, cfg.log_level)
+    sys.exit(asyncio.run(serve(cfg)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+#!/bin/sh
+# boxd's entry point for every box. boxd bind-mounts this file read-only at /run/boxd/init and runs it
+# at every start of the box, so a newer boxd or a changed box config reaches existing boxes on their
+# next start without re-creating them. POSIX sh only: it must run under dash and busybox ash, in any
+# distro's image.
+#
+# Protocol with the daemon (read from the container log): one line "boxd-init: ready" when the box is
+# usable (followed by the start token boxd put in the config), or "boxd-init: error: <why>" before exiting non-zero.
+#
+# The box's current config is a generated sh file, sourced below. It sets BOXD_* variables and defines
+# boxd_apply(), which calls boxd_volume SRC DST MODE and boxd_env NAME VALUE once per item.
+
+set -u
+umask 022
+
+BOXD_CONFIG=${BOXD_CONFIG:-/run/boxd/config/box.conf}
+HOST=/run/host
+
+say() { printf 'boxd-init: %s\n' "$*"; }
+fail() { printf 'boxd-init: error: %s\n' "$*"; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+is_mounted() {
+    # Field 5 of mountinfo is the mount point. Paths here never contain spaces (boxd validates them).
+    while read -r _ _ _ _ point _; do
+        [ "$point" = "$1" ] && return 0
+    done </proc/self/mountinfo
+    return 1
+}
+
+# Resolve an absolute symlink found under /run/host so that it points into /run/host again.
+host_path() {
+    path=$HOST$1
+    hops=0
+    while [ -L "$path" ] && [ $hops -lt 8 ]; do
+        target=$(readlink "$path")
+        case $target in
+        /*) path=$HOST$target ;;
+        *) path=${path%/*}/$target ;;
+        esac
+        hops=$((hops + 1))
+    done
+    printf '%s\n' "$path"
+}
+
+bind_from_host() {  # bind_from_host PATH [ro]: host's PATH at the same place in the box, if present
+    src=$HOST$1
+    [ -e "$src" ] || return 0
+    is_mounted "$1" && return 0
+    if [ -d "$src" ]; then
+        mkdir -p "$1" 2>/dev/null || return 0
+    else
+        mkdir -p "${1%/*}" 2>/dev/null && { [ -e "$1" ] || : >"$1"; } 2>/dev/null || return 0
+    fi
+    mount -o rbind "$src" "$1" 2>/dev/null || { say "warning: could not share $1 from the host"; return 0; }
+    if [ "${2:-}" = ro ]; then
+        mount -o remount,bind,ro "$1" 2>/dev/null || true
+    fi
+}
+
+# -- host files: DNS, hosts, time zone --------------------------------------------------------------
+
+link_resolv_conf() {
+    target=$(host_path /etc/resolv.conf)
+    [ -e "$target" ] || { say "warning: the host has no /etc/resolv.conf"; return 0; }
+    [ "$(readlink /etc/resolv.conf 2>/dev/null)" = "$target" ] && return 0
+    rm -f /etc/resolv.conf && ln -s "$target" /etc/resolv.conf || fail "cannot link /etc/resolv.conf to the host's"
+}
+
+write_hosts() {
+    # The host's hosts plus the box's own name, so sudo and X11 never stall on resolving it.
+    src=$(host_path /etc/hosts)
+    if [ -f /etc/hosts ] && [ -f "$src" ] && [ ! "$src" -nt /etc/hosts ] && grep -q "boxd: $BOXD_HOSTNAME\$" /etc/hosts; then
+        return 0
+    fi
+    {
+        [ -f "$src" ] && cat "$src"
+        printf '127.0.1.1\t%s\t# boxd: %s\n' "$BOXD_HOSTNAME" "$BOXD_HOSTNAME"
+    } >/etc/hosts.boxd-new && mv -f /etc/hosts.boxd-new /etc/hosts || fail "cannot write /etc/hosts"
+}
+
+link_timezone() {
+    target=$(host_path /etc/localtime)
+    [ -e "$target" ] || return 0
+    [ "$(readlink /etc/localtime 2>/dev/null)" = "$target" ] && return 0
+    rm -f /etc/localtime && ln -s "$target" /etc/localtime || fail "cannot link /etc/localtime to the host's"
+    case $target in
+    */zoneinfo/*) printf '%s\n' "${target#*/zoneinfo/}" >/etc/timezone 2>/dev/null || true ;;
+    esac
+}
+
+sync_host_files() {
+    link_resolv_conf
+    write_hosts
+    link_timezone
+}
+
+# -- the user -------------------------------------------------------------------------------------
+
+passwd_field() {  # passwd_field FILE KEY_FIELD KEY OUT_FIELD
+    awk -F: -v k="$3" -v f="$2" -v o="$4" '$f == k { print $o; exit }' "$1" 2>/dev/null
+}
+
+pick_shell() {
+    for candidate in "$BOXD_SHELL" /bin/bash /bin/sh; do
+        [ -x "$candidate" ] && { printf '%s\n' "$candidate"; return; }
+    done
+}
+
+ensure_group() {
+    existing=$(passwd_field /etc/group 3 "$BOXD_GID" 1)
+    if [ -n "$existing" ]; then
+        BOXD_GROUP=$existing
+        return 0
+    fi
+    if [ -n "$(passwd_field /etc/group 1 "$BOXD_GROUP" 3)" ]; then
+        BOXD_GROUP=boxd-$BOXD_GID  # the name is taken by another gid in this image
+    fi
+    if have groupadd; then
+        groupadd -g "$BOXD_GID" "$BOXD_GROUP"
+    elif have addgroup; then
+        addgroup -g "$BOXD_GID" "$BOXD_GROUP"
+    else
+        printf '%s:x:%s:\n' "$BOXD_GROUP" "$BOXD_GID" >>/etc/group
+    fi || fail "cannot create group $BOXD_GROUP ($BOXD_GID)"
+}
+
+remove_user() {
+    if have userdel; then userdel "$1"; elif have deluser; then deluser "$1"; else
+        sed -i "/^$1:/d" /etc/passwd /etc/shadow 2>/dev/null
+    fi >/dev/null 2>&1
+}
+
+ensure_user() {
+    shell=$(pick_shell)
+    wanted="$BOXD_USER:$BOXD_UID:$BOXD_GID:$BOXD_HOME:$shell"
+    current=$(awk -F: -v u="$BOXD_USER" '$1 == u { print $1 ":" $3 ":" $4 ":" $6 ":" $7; exit }' /etc/passwd)
+    [ "$current" = "$wanted" ] && return 0
+    # Whatever holds our name or our uid in the image gives way (never `usermod -u`: it would chown
+    # the home, which is the host's).
+    [ -n "$current" ] && remove_user "$BOXD_USER"
+    other=$(passwd_field /etc/passwd 3 "$BOXD_UID" 1)
+    [ -n "$other" ] && remove_user "$other"
+    if have useradd; then
+        useradd --no-create-home --uid "$BOXD_UID" --gid "$BOXD_GID" --home-dir "$BOXD_HOME" \
+            --shell "$shell" "$BOXD_USER"
+    elif have adduser; then
+        adduser -D -H -u "$BOXD_UID" -G "$BOXD_GROUP" -h "$BOXD_HOME" -s "$shell" "$BOXD_USER"
+    else
+        printf '%s:x:%s:%s::%s:%s\n' "$BOXD_USER" "$BOXD_UID" "$BOXD_GID" "$BOXD_HOME" "$shell" >>/etc/passwd
+    fi || fail "cannot create user $BOXD_USER ($BOXD_UID) in the box"
+}
+
+ensure_sudo() {
+    for group in sudo wheel; do
+        if grep -q "^$group:" /etc/group; then
+            members=$(passwd_field /etc/group 1 "$group" 4)
+            case ",$members," in
+            *",$BOXD_USER,"*) ;;
+            *) sed -i "s/^\\($group:[^:]*:[^:]*:\\)\\(.*\\)\$/\\1\\2${members:+,}$BOXD_USER/" /etc/group ;;
+            esac
+        fi
+    done
+    if [ -d /etc/sudoers.d ]; then
+        printf '%s ALL=(ALL) NOPASSWD: ALL\n' "$BOXD_USER" >/etc/sudoers.d/boxd.new &&
+            chmod 0440 /etc/sudoers.d/boxd.new && mv -f /etc/sudoers.d/boxd.new /etc/sudoers.d/boxd ||
+            fail "cannot write /etc/sudoers.d/boxd"
+    fi
+}
+
+# -- what the host shares ---------------------------------------------------------------------------
+
+share_host_paths() {
+    for path in /tmp /etc/machine-id /var/log/journal /run/systemd/journal /media /mnt /srv \
+        /run/media /var/mnt /run/udev/data; do
+        bind_from_host "$path"
+    done
+    if [ -d "$HOST/run/user/$BOXD_UID" ]; then
+        bind_from_host "/run/user/$BOXD_UID"
+    fi
+}
+
+# -- the box's own config: extra volumes and environment -------------------------------------------
+
+BOXD_ENV_FILE=/etc/profile.d/boxd-env.sh
+
+boxd_volume() {  # boxd_volume HOST_PATH BOX_PATH ro|rw
+    src=$HOST$1
+    [ -e "$src" ] || { say "warning: volume source $1 does not exist on the host; skipped"; return 0; }
+    if [ -d "$src" ]; then mkdir -p "$2"; else mkdir -p "${2%/*}" && { [ -e "$2" ] || : >"$2"; }; fi ||
+        fail "cannot create mount point $2"
+    is_mounted "$2" || mount -o rbind "$src" "$2" || fail "cannot mount $1 at $2"
+    if [ "$3" = ro ]; then
+        mount -o remount,bind,ro "$2" || fail "cannot make $2 read-only"
+    fi
+}
+
+boxd_env() {  # boxd_env NAME VALUE: exported in login shells; boxd passes it to sessions itself
+    value=$(printf '%s' "$2" | sed "s/'/'\\\\''/g")
+    printf "export %s='%s'\n" "$1" "$value" >>"$BOXD_ENV_FILE.new"
+}
+
+apply_box_config() {
+    : >"$BOXD_ENV_FILE.new" || fail "cannot write $BOXD_ENV_FILE"
+    boxd_apply
+    mv -f "$BOXD_ENV_FILE.new" "$BOXD_ENV_FILE"
+}
+
+write_profile() {
+    cat >/etc/profile.d/boxd.sh.new <<EOF
+# Written by boxd at every start of this box; changes here are lost.
+export BOXD_BOX='$BOXD_NAME'
+export container="\${container:-oci}"
+EOF
+    mv -f /etc/profile.d/boxd.sh.new /etc/profile.d/boxd.sh
+    printf 'name=%s\nboxd_version=%s\n' "$BOXD_NAME" "$BOXD_VERSION" >/run/.boxdenv
+}
+
+# -- main -----------------------------------------------------------------------------------------
+
+[ -r "$BOXD_CONFIG" ] || fail "box config $BOXD_CONFIG is missing (was the box created by boxd?)"
+# shellcheck source=/dev/null
+. "$BOXD_CONFIG"
+[ -d "$HOST/etc" ] || fail "the host's file system is not shared at $HOST"
+mkdir -p /etc/profile.d
+
+sync_host_files
+ensure_group
+ensure_user
+ensure_sudo
+share_host_paths
+apply_box_config
+write_profile
+
+trap 'exit 0' TERM INT HUP
+say "ready ${BOXD_START_TOKEN:-}"
+
+# Stay up as the box's main process; now and then follow host changes of DNS, hosts and time zone.
+while :; do
+    sleep "${BOXD_SYNC_INTERVAL:-15}" &
+    wait $!
+    sync_host_files
+done

@@ -1,0 +1,407 @@
+"""Box lifecycle: create, start (until the entry point is ready), stop, remove, configure.
+
+The manager keeps a cache of boxes current from podman's event stream and tells an observer what
+changed. It knows podman (through the client) and the box model; it knows nothing about D-Bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from boxd import boxconf, errors, log, podman
+from boxd.config import Config
+from boxd.model import (
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_VERSION,
+    BoxSettings,
+    Owner,
+    box_hostname,
+    container_spec,
+    validate_image,
+    validate_name,
+)
+from boxd.subids import SubidAllocator
+
+_log = log.get("boxd.manager")
+READY_LINE = b"boxd-init: ready"
+ERROR_PREFIX = b"boxd-init: error: "
+
+
+@dataclass(frozen=True)
+class BoxInfo:
+    name: str
+    id: str
+    image: str
+    owner: int
+    state: str          # running, starting, stopped, paused, removing, unknown
+    created: int        # unix seconds
+    boxd_version: str
+
+
+class BoxObserver(Protocol):
+    def box_added(self, box: BoxInfo) -> None: ...
+    def box_changed(self, box: BoxInfo, changed: list[str]) -> None: ...
+    def box_removed(self, box: BoxInfo) -> None: ...
+
+
+class _NullObserver:
+    def box_added(self, box: BoxInfo) -> None: pass
+    def box_changed(self, box: BoxInfo, changed: list[str]) -> None: pass
+    def box_removed(self, box: BoxInfo) -> None: pass
+
+
+_STATES = {"running": "running", "paused": "paused", "stopping": "stopping",
+           "removing": "removing", "created": "stopped", "configured": "stopped",
+           "exited": "stopped", "stopped": "stopped", "initialized": "stopped"}
+
+
+def _created(value: Any) -> int:
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str) and value:
+        # podman prints nanoseconds; fromisoformat takes at most microseconds.
+        head, dot, rest = value.partition(".")
+        if dot:
+            digits = "".join(c for c in rest if c.isdigit())
+            value = f"{head}.{digits[:6]}{rest[len(digits):]}"
+        with contextlib.suppress(ValueError):
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    return 0
+
+
+def _from_list_entry(entry: dict[str, Any]) -> BoxInfo:
+    labels = entry.get("Labels") or {}
+    return BoxInfo(name=(entry.get("Names") or [""])[0], id=entry.get("Id", ""),
+                   image=entry.get("Image", ""), owner=int(labels.get(LABEL_OWNER, -1)),
+                   state=_STATES.get(entry.get("State", ""), "unknown"),
+                   created=_created(entry.get("Created")),
+                   boxd_version=labels.get(LABEL_VERSION, ""))
+
+
+def _from_inspect(data: dict[str, Any]) -> BoxInfo:
+    labels = (data.get("Config") or {}).get("Labels") or {}
+    return BoxInfo(name=data.get("Name", ""), id=data.get("Id", ""),
+                   image=data.get("ImageName", ""), owner=int(labels.get(LABEL_OWNER, -1)),
+                   state=_STATES.get((data.get("State") or {}).get("Status", ""), "unknown"),
+                   created=_created(data.get("Created")),
+                   boxd_version=labels.get(LABEL_VERSION, ""))
+
+
+def _is_box(labels: dict[str, str] | None) -> bool:
+    return (bool(labels) and labels.get(LABEL_MANAGED) == "true"
+            and str(labels.get(LABEL_OWNER, "")).isdigit())
+
+
+class BoxManager:
+    def __init__(self, config: Config, client: podman.PodmanClient,
+                 observer: BoxObserver | None = None,
+                 owner_lookup: Callable[[int], Owner] = Owner.lookup) -> None:
+        self._config = config
+        self._podman = client
+        self.observer: BoxObserver = observer or _NullObserver()
+        self._owner_lookup = owner_lookup
+        self._boxes: dict[str, BoxInfo] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._starting: set[str] = set()
+        self._podman_up = False
+        config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self._subids = (SubidAllocator(Path(config.state_dir) / "subids.json",
+                                       config.subid_base, config.subid_size)
+                        if config.userns and config.mode == "system" else None)
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def podman_up(self) -> bool:
+        return self._podman_up
+
+    def boxes(self) -> list[BoxInfo]:
+        return sorted(self._boxes.values(), key=lambda b: b.name)
+
+    def get(self, name: str) -> BoxInfo:
+        validate_name(name)
+        box = self._boxes.get(name)
+        if box is None:
+            raise errors.NotFound(f"there is no box named {name!r}")
+        return box
+
+    def settings(self, name: str) -> BoxSettings:
+        try:
+            return BoxSettings.from_json(json.loads(self._settings_path(name).read_text()))
+        except FileNotFoundError:
+            return BoxSettings()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def create(self, owner_uid: int, name: str, image: str,
+                     options: dict[str, Any]) -> BoxInfo:
+        validate_name(name)
+        image = validate_image(image or self._config.default_image)
+        settings = BoxSettings().updated(options)
+        owner = self._owner_lookup(owner_uid)
+        home = settings.home or owner.home
+        if not os.path.isdir(home):
+            raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
+        async with self._lock(name):
+            if name in self._boxes:
+                raise errors.AlreadyExists(f"a box named {name!r} exists already")
+            with self._podman_errors():
+                if not await self._podman.image_exists(image):
+                    raise errors.ImageNotFound(
+                        f"image {image} is not on this host; pull it or build the default image")
+                id_range = self._subids.range_for(owner.uid) if self._subids else None
+                config_dir = self._prepare_state(name, settings,
+                                                 id_range.host_start if id_range else owner.gid)
+                spec = container_spec(name=name, image=image, owner=owner, settings=settings,
+                                      config_dir=config_dir, id_range=id_range,
+                                      stop_timeout=self._config.stop_timeout,
+                                      extra_labels=self._config.extra_labels)
+                try:
+                    await self._podman.create_container(spec)
+                except podman.Conflict:
+                    self._drop_state(name)
+                    raise errors.AlreadyExists(
+                        f"a container named {name!r} exists already (not a box)") from None
+                except BaseException:
+                    self._drop_state(name)
+                    raise
+                box = _from_inspect(await self._podman.inspect_container(name))
+            self._upsert(box)
+            return box
+
+    async def start(self, name: str) -> BoxInfo:
+        self.get(name)
+        async with self._lock(name):
+            box = self.get(name)
+            if box.state == "running":
+                return box
+            owner = self._owner_lookup(box.owner)
+            settings = self.settings(name)
+            token = secrets.token_hex(8)
+            self._write_box_conf(name, owner, settings, token)
+            self._starting.add(name)
+            self._set_state(name, "starting")
+            try:
+                since = int(time.time()) - 1
+                with self._podman_errors():
+                    await self._podman.start_container(name)
+                    await self._await_ready(name, token, since)
+                    box = _from_inspect(await self._podman.inspect_container(name))
+            finally:
+                self._starting.discard(name)
+            self._upsert(box)
+            return box
+
+    async def stop(self, name: str) -> BoxInfo:
+        self.get(name)
+        async with self._lock(name):
+            with self._podman_errors():
+                await self._podman.stop_container(name, self._config.stop_timeout)
+                box = _from_inspect(await self._podman.inspect_container(name))
+            self._upsert(box)
+            return box
+
+    async def remove(self, name: str, force: bool) -> None:
+        box = self.get(name)
+        async with self._lock(name):
+            box = self.get(name)
+            if box.state in ("running", "starting", "paused") and not force:
+                raise errors.Busy(f"box {name!r} is running; stop it first or remove it with force")
+            with self._podman_errors():
+                try:
+                    await self._podman.remove_container(name, force=force)
+                except podman.NotFound:
+                    pass
+            self._drop_state(name)
+            self._forget(box.name)
+
+    async def configure(self, name: str, changes: dict[str, Any]) -> BoxSettings:
+        """Change a box's settings; the entry point applies them at the next start."""
+        self.get(name)
+        if "hostname" in changes:
+            raise errors.InvalidArgument("the hostname of a box is set when it is created")
+        async with self._lock(name):
+            settings = self.settings(name).updated(changes)
+            home = settings.home or self._owner_lookup(self.get(name).owner).home
+            if not os.path.isdir(home):
+                raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
+            self._write_settings(name, settings)
+            return settings
+
+    # -- readiness -----------------------------------------------------------------------------
+    async def _await_ready(self, name: str, token: str, since: int) -> None:
+        """Read the box's log until its entry point says ready (or why not), or time runs out."""
+        ready = READY_LINE + b" " + token.encode()
+        last: list[str] = []
+        try:
+            async with asyncio.timeout(self._config.start_timeout):
+                async for _stream, line in self._podman.container_logs(name, since=since):
+                    if line == ready:
+                        return
+                    if line.startswith(ERROR_PREFIX):
+                        raise errors.StartFailed(
+                            f"box {name!r} failed to start: "
+                            f"{line[len(ERROR_PREFIX):].decode(errors='replace')}")
+                    last = [*last[-4:], line.decode(errors="replace")]
+        except TimeoutError:
+            raise errors.Timeout(
+                f"box {name!r} did not become ready within {self._config.start_timeout:g} s"
+                + (f"; its last output: {' | '.join(last)}" if last else "")) from None
+        # The log ended: the entry point exited without saying ready.
+        status = await self._podman.inspect_container(name)
+        code = (status.get("State") or {}).get("ExitCode")
+        raise errors.StartFailed(
+            f"box {name!r} exited (status {code}) before it was ready"
+            + (f"; its last output: {' | '.join(last)}" if last else ""))
+
+    # -- podman events -------------------------------------------------------------------------
+    async def run(self, on_podman_change: Callable[[bool], None] | None = None) -> None:
+        """Follow podman for ever: resync on (re)connect, then apply events as they come."""
+        delay = 0.2
+        while True:
+            try:
+                events = self._podman.events({"type": ["container"]})
+                await self.resync()
+                if not self._podman_up:
+                    self._podman_up = True
+                    _log.info("podman_connected", socket=self._config.podman_socket)
+                    if on_podman_change:
+                        on_podman_change(True)
+                delay = 0.2
+                async for event in events:
+                    await self._on_event(event)
+            except podman.PodmanError as exc:
+                if self._podman_up:
+                    self._podman_up = False
+                    _log.warning("podman_lost", error=str(exc))
+                    if on_podman_change:
+                        on_podman_change(False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def resync(self) -> None:
+        entries = await self._podman.list_containers(labels=[f"{LABEL_MANAGED}=true"])
+        seen = set()
+        for entry in entries:
+            if _is_box(entry.get("Labels")):
+                box = _from_list_entry(entry)
+                seen.add(box.name)
+                self._upsert(box)
+        for name in [n for n in self._boxes if n not in seen]:
+            self._forget(name)
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        name = attrs.get("name", "")
+        if name not in self._boxes and not _is_box(attrs):
+            return
+        action = event.get("Action") or event.get("Status") or ""
+        if action == "remove":
+            self._forget(name)
+            return
+        try:
+            data = await self._podman.inspect_container(name)
+        except podman.NotFound:
+            self._forget(name)
+            return
+        if _is_box((data.get("Config") or {}).get("Labels")):
+            self._upsert(_from_inspect(data))
+
+    # -- cache ---------------------------------------------------------------------------------
+    def _upsert(self, box: BoxInfo) -> None:
+        if box.name in self._starting and box.state == "running":
+            box = replace(box, state="starting")
+        old = self._boxes.get(box.name)
+        self._boxes[box.name] = box
+        if old is None:
+            self.observer.box_added(box)
+        elif old != box:
+            changed = [f for f in box.__dataclass_fields__ if getattr(old, f) != getattr(box, f)]
+            self.observer.box_changed(box, changed)
+
+    def _set_state(self, name: str, state: str) -> None:
+        box = self._boxes.get(name)
+        if box is not None and box.state != state:
+            self._boxes[name] = replace(box, state=state)
+            self.observer.box_changed(self._boxes[name], ["state"])
+
+    def _forget(self, name: str) -> None:
+        box = self._boxes.pop(name, None)
+        if box is not None:
+            self._locks.pop(name, None)
+            self.observer.box_removed(box)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    @contextlib.contextmanager
+    def _podman_errors(self):  # type: ignore[no-untyped-def]
+        try:
+            yield
+        except podman.PodmanUnavailable:
+            raise errors.PodmanUnavailable(
+                f"podman is not reachable at {self._config.podman_socket}; "
+                "is its service (podman.socket) running?") from None
+        except podman.NotFound as exc:
+            raise errors.NotFound(exc.message) from None
+        except podman.ApiError as exc:
+            raise errors.BoxdError(f"podman refused: {exc.message}") from None
+
+    # -- state files ---------------------------------------------------------------------------
+    # <state>/boxes/NAME.json: settings, daemon-only (root 0600).
+    # <state>/boxes/NAME/box.conf: what the entry point reads; group = the box root's host gid.
+    def _settings_path(self, name: str) -> Path:
+        return self._config.boxes_dir / f"{name}.json"
+
+    def _config_dir(self, name: str) -> Path:
+        return self._config.boxes_dir / name
+
+    def _prepare_state(self, name: str, settings: BoxSettings, box_gid: int) -> Path:
+        config_dir = self._config_dir(name)
+        config_dir.mkdir(mode=0o750, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(config_dir, 0, box_gid)
+        os.chmod(config_dir, 0o750)
+        self._write_settings(name, settings)
+        return config_dir
+
+    def _write_settings(self, name: str, settings: BoxSettings) -> None:
+        _atomic_write(self._settings_path(name), json.dumps(settings.to_json()), 0o600)
+
+    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str) -> None:
+        config_dir = self._config_dir(name)
+        if not config_dir.is_dir():
+            raise errors.StartFailed(f"box {name!r} has no config at {config_dir}; re-create it")
+        text = boxconf.render(name=name, hostname=box_hostname(name, settings), owner=owner,
+                              settings=settings, token=token)
+        _atomic_write(config_dir / "box.conf", text, 0o640, gid=config_dir.stat().st_gid)
+
+    def _drop_state(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._settings_path(name).unlink()
+        config_dir = self._config_dir(name)
+        if config_dir.is_dir():
+            for child in config_dir.iterdir():
+                child.unlink()
+            config_dir.rmdir()
+
+
+def _atomic_write(path: Path, text: str, mode: int, gid: int | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    if gid is not None and os.geteuid() == 0:
+        os.chown(tmp, 0, gid)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

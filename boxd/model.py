@@ -1,0 +1,263 @@
+"""The box model: what a box is, how its input is validated, and the podman spec that makes it.
+
+A box is a podman container labelled as boxd's. Its mutable settings (home, volumes, env) live in
+boxd's state dir and reach the box through the entry point at every start, never through podman.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pwd
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from boxd import __version__
+from boxd.errors import InvalidArgument
+
+LABEL_PREFIX = "io.github.boxd1"
+LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
+LABEL_OWNER = f"{LABEL_PREFIX}.owner"
+LABEL_VERSION = f"{LABEL_PREFIX}.version"
+
+INIT_PATH_IN_BOX = "/run/boxd/init"
+CONFIG_DIR_IN_BOX = "/run/boxd/config"
+HOST_ROOT_IN_BOX = "/run/host"
+
+# podman's own rule for names, and a hostname label's length so the box name can be its hostname.
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+_HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Image references: registry/path:tag@digest, conservatively.
+_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}", re.IGNORECASE)
+# Box paths where a volume would break the box or hide what boxd puts there.
+_RESERVED_DESTINATIONS = ("/proc", "/sys", "/dev", "/run/host", "/run/boxd")
+_MAX_VOLUMES = 64
+_MAX_ENV = 256
+_MAX_VALUE = 4096
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid box name {_show(name)}: use 1-63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit")
+    return name
+
+
+def validate_image(image: str) -> str:
+    if not _IMAGE_RE.fullmatch(image) or ".." in image or "//" in image:
+        raise InvalidArgument(f"invalid image reference {_show(image)}")
+    return image
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _clean_path(path: str, what: str) -> str:
+    """An absolute, normalised path with no '..', no control characters and no spaces."""
+    if not path.startswith("/") or len(path) > 1024:
+        raise InvalidArgument(f"{what} must be an absolute path, not {_show(path)}")
+    if any(ord(c) < 33 or c in "\\:" or ord(c) == 127 for c in path):
+        raise InvalidArgument(f"{what} {_show(path)} contains spaces, ':' or control characters")
+    parts = PurePosixPath(path).parts
+    if ".." in parts:
+        raise InvalidArgument(f"{what} {_show(path)} must not contain '..'")
+    return str(PurePosixPath(*parts))
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str       # path on the host
+    destination: str  # path in the box
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Volume:
+        """SRC:DST[:ro|rw], as podman and Toolbx users write it."""
+        if not isinstance(spec, str):
+            raise InvalidArgument("each volume must be a string SRC:DST[:ro]")
+        parts = spec.split(":")
+        if len(parts) == 2:
+            parts.append("rw")
+        if len(parts) != 3 or parts[2] not in ("ro", "rw"):
+            raise InvalidArgument(
+                f"invalid volume {_show(spec)}: write it as SRC:DST or SRC:DST:ro")
+        source = _clean_path(parts[0], "volume source")
+        destination = _clean_path(parts[1], "volume destination")
+        if destination == "/" or any(
+            destination == r or destination.startswith(r + "/") for r in _RESERVED_DESTINATIONS
+        ):
+            raise InvalidArgument(f"volume destination {destination} is reserved in a box")
+        return cls(source, destination, parts[2] == "ro")
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.destination}:{'ro' if self.read_only else 'rw'}"
+
+
+@dataclass(frozen=True)
+class BoxSettings:
+    """What a user may change about a box after it was created; applied at its next start."""
+
+    home: str = ""
+    hostname: str = ""
+    volumes: tuple[Volume, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"home": self.home, "hostname": self.hostname,
+                "volumes": [str(v) for v in self.volumes], "env": dict(self.env)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BoxSettings:
+        return cls(home=data.get("home", ""), hostname=data.get("hostname", ""),
+                   volumes=tuple(Volume.parse(v) for v in data.get("volumes", [])),
+                   env=dict(data.get("env", {})))
+
+    def updated(self, changes: Mapping[str, Any]) -> BoxSettings:
+        """Validated settings with `changes` applied: keys home, hostname, volumes, env."""
+        unknown = set(changes) - {"home", "hostname", "volumes", "env"}
+        if unknown:
+            raise InvalidArgument(f"unknown option {sorted(unknown)[0]!r}: "
+                                  "known options are home, hostname, volumes, env")
+        values: dict[str, Any] = {}
+        if "home" in changes:
+            values["home"] = _clean_path(_expect(changes["home"], str, "home"), "home")
+        if "hostname" in changes:
+            hostname = _expect(changes["hostname"], str, "hostname")
+            if not _HOSTNAME_RE.fullmatch(hostname):
+                raise InvalidArgument(f"invalid hostname {_show(hostname)}")
+            values["hostname"] = hostname
+        if "volumes" in changes:
+            specs = _expect(changes["volumes"], list, "volumes")
+            if len(specs) > _MAX_VOLUMES:
+                raise InvalidArgument(f"a box takes at most {_MAX_VOLUMES} volumes")
+            volumes = tuple(Volume.parse(s) for s in specs)
+            destinations = [v.destination for v in volumes]
+            if len(set(destinations)) != len(destinations):
+                raise InvalidArgument("two volumes have the same destination")
+            values["volumes"] = volumes
+        if "env" in changes:
+            env = _expect(changes["env"], dict, "env")
+            if len(env) > _MAX_ENV:
+                raise InvalidArgument(f"a box takes at most {_MAX_ENV} environment variables")
+            for key, value in env.items():
+                if not isinstance(key, str) or not _ENV_NAME_RE.fullmatch(key):
+                    raise InvalidArgument(f"invalid environment variable name {_show(key)}")
+                if not isinstance(value, str) or "\0" in value or len(value) > _MAX_VALUE:
+                    raise InvalidArgument(f"invalid value for environment variable {key}")
+            values["env"] = dict(env)
+        return dataclasses.replace(self, **values)
+
+
+def _expect(value: Any, kind: type, what: str) -> Any:
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"option {what!r} has the wrong type")
+    return value
+
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+    user: str
+    home: str
+    shell: str
+    group: str
+
+    @classmethod
+    def lookup(cls, uid: int) -> Owner:
+        import grp
+
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            raise InvalidArgument(f"uid {uid} has no user account on this host") from None
+        try:
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            group = entry.pw_name
+        return cls(uid, entry.pw_gid, entry.pw_name, entry.pw_dir, entry.pw_shell or "/bin/sh",
+                   group)
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Where container ids 0..size-1 land on the host; the owner's uid/gid always map to itself."""
+
+    host_start: int
+    size: int = 65536
+
+    def mapping(self, keep: int) -> list[dict[str, int]]:
+        if keep >= self.size:
+            return [{"container_id": 0, "host_id": self.host_start, "size": self.size},
+                    {"container_id": keep, "host_id": keep, "size": 1}]
+        segments = [{"container_id": keep, "host_id": keep, "size": 1}]
+        if keep > 0:
+            segments.insert(0, {"container_id": 0, "host_id": self.host_start, "size": keep})
+        if keep + 1 < self.size:
+            segments.append({"container_id": keep + 1, "host_id": self.host_start + keep + 1,
+                             "size": self.size - keep - 1})
+        return segments
+
+
+def init_script_path() -> Path:
+    return Path(str(resources.files("boxd") / "data" / "boxd-init.sh"))
+
+
+def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings,
+                   config_dir: Path, id_range: IdRange | None,
+                   stop_timeout: int, extra_labels: Mapping[str, str]) -> dict[str, Any]:
+    """The libpod SpecGenerator JSON for a box: a pet container that shares the host."""
+    home = settings.home or owner.home
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "hostname": box_hostname(name, settings),
+        "labels": {**extra_labels, LABEL_MANAGED: "true", LABEL_OWNER: str(owner.uid),
+                   LABEL_VERSION: __version__},
+        "entrypoint": ["/bin/sh", INIT_PATH_IN_BOX],
+        "command": [],
+        "netns": {"nsmode": "host"},
+        "pidns": {"nsmode": "host"},
+        "ipcns": {"nsmode": "host"},
+        # Host devices, and the capabilities the entry point needs to bind what the host shares;
+        # with a user namespace they are confined to it.
+        "privileged": True,
+        # The entry point links these to the host's; podman must not manage them.
+        "use_image_resolve_conf": True,
+        "use_image_hosts": True,
+        "stop_timeout": stop_timeout,
+        "log_configuration": {"driver": "k8s-file"},
+        "mounts": [
+            _bind("/", HOST_ROOT_IN_BOX, "rbind", "rslave"),
+            _bind(home, home, "rbind"),
+            _bind(str(init_script_path()), INIT_PATH_IN_BOX, "ro"),
+            _bind(str(config_dir), CONFIG_DIR_IN_BOX, "ro"),
+        ],
+    }
+    if id_range is not None:
+        spec["userns"] = {"nsmode": "private"}
+        spec["idmappings"] = {"UIDMap": id_range.mapping(owner.uid),
+                              "GIDMap": id_range.mapping(owner.gid)}
+    else:
+        spec["userns"] = {"nsmode": "keep-id"}
+    return spec
+
+
+def box_hostname(name: str, settings: BoxSettings) -> str:
+    """The box's hostname: its own setting, else the name made a valid hostname label."""
+    if settings.hostname:
+        return settings.hostname
+    cleaned = re.sub(r"[^a-zA-Z0-9-]", "-", name).strip("-")
+    return cleaned or "box"
+
+
+def _bind(source: str, destination: str, *options: str) -> dict[str, Any]:
+    return {"destination": destination, "source": source, "type": "bind",
+            "options": list(options)}

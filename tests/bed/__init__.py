@@ -1,0 +1,247 @@
+"""The test bed: real podman (REST service), a real private system-like bus, the real boxd daemon.
+
+Everything it runs is test-owned: its own podman config, storage and socket, its own bus address
+and policy dir, its own boxd state dir. Base images are built from Debian packages (no registry)
+and cached between runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("BOXD_TEST_CACHE", "/var/cache/boxd-test"))
+DEBIAN_IMAGE = "localhost/boxd-debian:12"
+BUSYBOX_IMAGE = "localhost/boxd-busybox:latest"
+
+CONTAINERS_CONF = """\
+[containers]
+# These machines lack CAP_SYS_RESOURCE: podman's default ulimits would be above the session's.
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+# crun refuses the hybrid cgroup layout here; runc works.
+runtime = "runc"
+"""
+
+STORAGE_CONF = """\
+[storage]
+# Rootful boxes with a uid map need vfs here: overlay's idmapped layer mount fails on these VMs.
+driver = "vfs"
+graphroot = "{root}/storage"
+runroot = "{run}/runroot"
+"""
+
+
+def ensure_rootfs(kind: str) -> Path:
+    """A cached rootfs tarball built by scripts/build-rootfs.sh (debian ~30 s, busybox instant)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE / f"{kind}.tar"
+    if not tarball.exists():
+        subprocess.run(["sh", str(REPO / "scripts" / "build-rootfs.sh"), kind, str(tarball)],
+                       check=True)
+    return tarball
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _curl(socket: str, path: str, method: str = "GET", data_file: Path | None = None) -> bytes:
+    cmd = ["curl", "-sf", "--unix-socket", socket, "-X", method, f"http://d/v4.0.0/libpod{path}"]
+    if data_file is not None:
+        cmd += ["-H", "Content-Type: application/x-tar", "--data-binary", f"@{data_file}"]
+    return subprocess.run(cmd, check=True, capture_output=True).stdout
+
+
+@dataclass
+class Podman:
+    root: Path
+    run: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.run / "podman.sock")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": str(self.root / "containers.conf"),
+                "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf")}
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.run.mkdir(parents=True, exist_ok=True)
+        (self.root / "containers.conf").write_text(CONTAINERS_CONF)
+        (self.root / "storage.conf").write_text(STORAGE_CONF.format(root=self.root, run=self.run))
+        _ensure_mqueue()
+        log = open(self.root / "service.log", "ab")  # noqa: SIM115 - lives as long as the service
+        self.proc = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
+            env=self.env, stdout=log, stderr=log, start_new_session=True)
+        wait_for(self.ping, 30, "podman's REST service")
+
+    def ping(self) -> bool:
+        try:
+            return _curl(self.socket, "/_ping") == b"OK"
+        except subprocess.CalledProcessError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+
+    def import_image(self, tarball: Path, reference: str) -> None:
+        if not self.image_exists(reference):
+            query = urllib.parse.urlencode({"reference": reference})
+            _curl(self.socket, f"/images/import?{query}", "POST", tarball)
+
+    def image_exists(self, reference: str) -> bool:
+        try:
+            _curl(self.socket, f"/images/{reference}/exists")
+            return True
+        except subprocess.CalledProcessError:
+            return False
+
+    def cli(self, *args: str, check: bool = True, input: bytes | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+        """The podman CLI as a remote client of this service: for tests to look inside boxes."""
+        return subprocess.run(["podman", "--url", f"unix://{self.socket}", *args],
+                              env=self.env, capture_output=True, check=check, input=input,
+                              timeout=120)
+
+    def inspect(self, name: str) -> dict:
+        return json.loads(_curl(self.socket, f"/containers/{name}/json"))
+
+
+def _ensure_mqueue() -> None:
+    with open("/proc/mounts") as mounts:
+        if any(line.split()[1] == "/dev/mqueue" for line in mounts):
+            return
+    os.makedirs("/dev/mqueue", exist_ok=True)
+    subprocess.run(["mount", "-t", "mqueue", "mqueue", "/dev/mqueue"], check=False)
+
+
+@dataclass
+class Bus:
+    root: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:path={self.root / 'bus.sock'}"
+
+    def start(self) -> None:
+        policy_dir = self.root / "policy.d"
+        policy_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "dbus" / "io.github.boxd1.conf", policy_dir)
+        template = (REPO / "tests" / "bed" / "bus.conf.in").read_text()
+        config = self.root / "bus.conf"
+        config.write_text(template.replace("@ADDRESS@", self.address)
+                          .replace("@POLICY_DIR@", str(policy_dir)))
+        self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork",
+                                      "--nopidfile"], start_new_session=True)
+        wait_for(lambda: (self.root / "bus.sock").exists(), 10, "dbus-daemon")
+        os.chmod(self.root, 0o755)  # unprivileged test users must reach the socket
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@dataclass
+class Daemon:
+    root: Path
+    bus_address: str
+    podman_socket: str
+    extra_config: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "boxd.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "boxd.log"
+
+    def start(self) -> None:
+        import yaml
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {"podman_socket": self.podman_socket, "state_dir": str(self.root / "state"),
+                  "bus_address": self.bus_address, "default_image": DEBIAN_IMAGE,
+                  "log_format": "json", "log_level": "debug", "start_timeout": 60.0,
+                  **self.extra_config}
+        self.config_path.write_text(yaml.safe_dump(config))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the daemon
+        self.proc = subprocess.Popen([sys.executable, "-m", "boxd.daemon", "--config",
+                                      str(self.config_path)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        wait_for(self._owns_name, 20, "boxd to own io.github.boxd1")
+
+    def _owns_name(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"boxd exited with {self.proc.returncode}:\n{self.log_tail()}")
+        result = subprocess.run(["busctl", f"--address={self.bus_address}", "status",
+                                 "io.github.boxd1"], capture_output=True)
+        return result.returncode == 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def ensure_user(name: str, uid: int, shell: str = "/bin/bash") -> dict[str, str | int]:
+    """A real unprivileged host user with a home, created if missing."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--uid", str(uid), "--user-group",
+                        "--shell", shell, name], check=True)
+        entry = pwd.getpwnam(name)
+    return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "home": entry.pw_dir}
+
+
+def remove_all_containers(podman: Podman) -> None:
+    podman.cli("rm", "--all", "--force", "--time", "0", check=False)
