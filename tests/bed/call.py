@@ -1,0 +1,54 @@
+"""Call one boxd method as whoever runs this (tests run it as real users with runuser).
+
+    python - ADDRESS PATH INTERFACE METHOD SIGNATURE JSON_ARGS < call.py
+
+Prints one JSON line: {"body": [...]} or {"error": NAME, "message": TEXT}. Only dbus-next is needed,
+so it runs from any venv an unprivileged user can read. Arguments are JSON; a {"$v": [sig, value]}
+object becomes a Variant.
+"""
+
+import asyncio
+import json
+import sys
+
+from dbus_next import Message, MessageType, Variant
+from dbus_next.aio import MessageBus
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if set(value) == {"$v"}:
+            signature, inner = value["$v"]
+            return Variant(signature, _decode(inner))
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _encode(value):
+    if isinstance(value, Variant):
+        return _encode(value.value)
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
+
+
+async def main(address, path, interface, member, signature, args):
+    bus = await MessageBus(bus_address=address).connect()
+    reply = await bus.call(Message(destination="io.github.boxd1", path=path, interface=interface,
+                                   member=member, signature=signature, body=_decode(args)))
+    if reply.message_type == MessageType.ERROR:
+        print(json.dumps({"error": reply.error_name, "message": (reply.body or [""])[0]}))
+    else:
+        print(json.dumps({"body": _encode(reply.body)}))
+    bus.disconnect()
+
+
+if __name__ == "__main__":
+    address, path, interface, member, signature, args = sys.argv[1:7]
+    asyncio.run(main(address, path, interface, member, signature, json.loads(args)))

@@ -1,0 +1,103 @@
+"""Shared fixtures: the end-to-end test bed (real podman, real bus, real boxd) and real users."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import bed
+from boxd.bus.service import box_path
+
+RUN_ROOT = Path(os.environ.get("BOXD_TEST_ROOT", "/var/tmp/boxd-test"))
+RUN_DIR = Path("/run/boxd-test")
+
+
+class Boxd:
+    """The running bed, and ways to call the daemon as a given real user."""
+
+    def __init__(self, podman: bed.Podman, bus: bed.Bus, daemon: bed.Daemon) -> None:
+        self.podman = podman
+        self.bus = bus
+        self.daemon = daemon
+
+    @property
+    def address(self) -> str:
+        return self.bus.address
+
+    def call(self, path: str, interface: str, member: str, signature: str = "",
+             args: list | None = None, user: str | None = None) -> dict:
+        """Call through the real bus as `user` (a real account) or root; returns body or error."""
+        argv = [sys.executable, "-", self.address, path, interface, member, signature,
+                json.dumps(args or [])]
+        if user is not None:
+            argv = ["runuser", "-u", user, "--", *argv]
+        script = (bed.REPO / "tests" / "bed" / "call.py").read_bytes()
+        result = subprocess.run(argv, input=script, capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr.decode()
+        return json.loads(result.stdout)
+
+    def manager(self, member: str, signature: str = "", args: list | None = None,
+                user: str | None = None) -> dict:
+        return self.call("/io/github/boxd1", "io.github.boxd1.Manager", member, signature, args,
+                         user)
+
+    def box(self, name: str, member: str, signature: str = "", args: list | None = None,
+            user: str | None = None) -> dict:
+        return self.call(box_path(name), "io.github.boxd1.Box", member,
+                         signature, args, user)
+
+    def busctl(self, *args: str, user: str | None = None, check: bool = True
+               ) -> subprocess.CompletedProcess[str]:
+        argv = ["busctl", f"--address={self.address}", *args]
+        if user is not None:
+            argv = ["runuser", "-u", user, "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
+
+    def exec_in(self, box: str, command: str, uid: int | None = None, check: bool = True
+                ) -> subprocess.CompletedProcess[bytes]:
+        """Look inside a box with podman's own exec (test tooling, not boxd's data path)."""
+        user = ["--user", str(uid)] if uid is not None else []
+        return self.podman.cli("exec", *user, box, "sh", "-c", command, check=check)
+
+
+@pytest.fixture(scope="session")
+def boxd_bed() -> Iterator[Boxd]:
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end tests need root (they run podman, a bus and boxd)")
+    shutil.rmtree(RUN_ROOT, ignore_errors=True)
+    podman = bed.Podman(RUN_ROOT / "podman", RUN_DIR)
+    bus = bed.Bus(RUN_ROOT / "bus")
+    daemon = bed.Daemon(RUN_ROOT / "boxd", bus.address, podman.socket,
+                        extra_config={"subid_base": 1_500_000_000})
+    try:
+        podman.start()
+        podman.import_image(bed.ensure_rootfs("debian"), bed.DEBIAN_IMAGE)
+        podman.import_image(bed.ensure_rootfs("busybox"), bed.BUSYBOX_IMAGE)
+        bus.start()
+        daemon.start()
+        yield Boxd(podman, bus, daemon)
+    finally:
+        daemon_log = daemon.log_tail(60)
+        daemon.stop()
+        if podman.proc is not None:
+            bed.remove_all_containers(podman)
+        podman.stop()
+        bus.stop()
+        print("\n--- boxd log tail ---\n" + daemon_log)
+
+
+@pytest.fixture(scope="session")
+def alice() -> dict:
+    return bed.ensure_user("boxd-alice", 2101)
+
+
+@pytest.fixture(scope="session")
+def bob() -> dict:
+    return bed.ensure_user("boxd-bob", 2102)
