@@ -155,6 +155,9 @@ class BoxManager:
             if name in self._boxes:
                 raise errors.AlreadyExists(f"a box named {name!r} exists already")
             with self._podman_errors():
+                if await self._podman.container_exists(name):
+                    raise errors.AlreadyExists(
+                        f"a container named {name!r} exists already (not a box)")
                 if not await self._podman.image_exists(image):
                     raise errors.ImageNotFound(
                         f"image {image} is not on this host; pull it or build the default image")
@@ -167,8 +170,11 @@ class BoxManager:
                                       extra_labels=self._config.extra_labels)
                 try:
                     await self._podman.create_container(spec)
-                except podman.Conflict:
+                except (podman.Conflict, podman.ApiError) as exc:
                     self._drop_state(name)
+                    if not isinstance(exc, podman.Conflict) and "already in use" not in str(exc):
+                        raise
+                    # Someone created it between our check and our create.
                     raise errors.AlreadyExists(
                         f"a container named {name!r} exists already (not a box)") from None
                 except BaseException:

@@ -106,6 +106,13 @@ class PodmanClient:
     async def inspect_container(self, name: str) -> dict[str, Any]:
         return (await self._request("GET", f"/containers/{name}/json")).json()
 
+    async def container_exists(self, name: str) -> bool:
+        try:
+            await self._request("GET", f"/containers/{name}/exists")
+        except NotFound:
+            return False
+        return True
+
     async def list_containers(self, labels: list[str] | None = None) -> list[dict[str, Any]]:
         params = {"all": "true", **_filters({"label": labels} if labels else None)}
         return (await self._request("GET", "/containers/json", params=params)).json() or []

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import bed
 import pytest
 
-import bed
 from boxd.bus.service import box_path
 
 RUN_ROOT = Path(os.environ.get("BOXD_TEST_ROOT", "/var/tmp/boxd-test"))

@@ -88,7 +88,7 @@ class Podman:
         (self.root / "containers.conf").write_text(CONTAINERS_CONF)
         (self.root / "storage.conf").write_text(STORAGE_CONF.format(root=self.root, run=self.run))
         _ensure_mqueue()
-        log = open(self.root / "service.log", "ab")  # noqa: SIM115 - lives as long as the service
+        log = open(self.root / "service.log", "ab")
         self.proc = subprocess.Popen(
             ["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
             env=self.env, stdout=log, stderr=log, start_new_session=True)
@@ -197,7 +197,7 @@ class Daemon:
                   "log_format": "json", "log_level": "debug", "start_timeout": 60.0,
                   **self.extra_config}
         self.config_path.write_text(yaml.safe_dump(config))
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the daemon
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "boxd.daemon", "--config",
                                       str(self.config_path)], stdout=log, stderr=log,
                                      start_new_session=True)

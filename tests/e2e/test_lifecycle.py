@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bed import BUSYBOX_IMAGE
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +60,7 @@ def test_lifecycle_of_a_users_box(boxd_bed, alice):
         "/run/host" + host_tz
     assert inside(boxd, "alice-dev", "date +%Z", uid) == \
         subprocess.run(["date", "+%Z"], capture_output=True, text=True).stdout
-    # The box's hostname resolves inside it (sudo and X11 stall otherwise) and sudo needs no password.
+    # The box's hostname resolves inside it (sudo and X11 stall otherwise); sudo needs no password.
     assert "alice-dev" in inside(boxd, "alice-dev", "getent hosts alice-dev", uid)
     assert inside(boxd, "alice-dev", "sudo -n id -u", uid).strip() == "0"
 

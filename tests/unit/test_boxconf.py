@@ -27,7 +27,8 @@ def test_values_round_trip_through_a_real_shell(shell, tmp_path):
         f". {conf}\n"
         "boxd_volume() { printf 'VOL<%s|%s|%s>\\n' \"$1\" \"$2\" \"$3\"; }\n"
         "boxd_env() { printf 'ENV<%s=%s>\\n' \"$1\" \"$2\"; }\n"
-        "printf 'USER<%s> UID<%s> TOKEN<%s>\\n' \"$BOXD_USER\" \"$BOXD_UID\" \"$BOXD_START_TOKEN\"\n"
+        "printf 'USER<%s> UID<%s> TOKEN<%s>\\n' \"$BOXD_USER\" \"$BOXD_UID\" "
+        "\"$BOXD_START_TOKEN\"\n"
         "boxd_apply\n"
     )
     argv = ["busybox", "sh", "-c", probe] if shell == "busybox" else ["dash", "-c", probe]

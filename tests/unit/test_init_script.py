@@ -7,8 +7,10 @@ import pytest
 
 from boxd.model import init_script_path
 
+SHELLS = [["dash", "-n"], ["busybox", "sh", "-n"], ["bash", "--posix", "-n"]]
 
-@pytest.mark.parametrize("argv", [["dash", "-n"], ["busybox", "sh", "-n"], ["bash", "--posix", "-n"]])
+
+@pytest.mark.parametrize("argv", SHELLS)
 def test_parses(argv):
     if not shutil.which(argv[0]):
         pytest.skip(f"{argv[0]} is not installed")

@@ -1,0 +1,164 @@
+"""boxctl: the thin command-line client of boxd, with the verbs Toolbx and Distrobox users know."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from boxd import __version__
+
+DEFAULT_BOX = "box"
+
+# Hints for the errors people hit most, keyed by the error's short name.
+HINTS = {
+    "NotFound": "see your boxes with 'boxctl list', or create one with 'boxctl create NAME'",
+    "AlreadyExists": "pick another name, or remove the old box with 'boxctl rm NAME'",
+    "ImageNotFound": "build the default image with scripts/boxd-up.sh, or name a local image",
+    "PodmanUnavailable": "start podman's service: 'systemctl enable --now podman.socket'",
+    "AccessDenied": "ask an administrator, or use a box of your own",
+    "Busy": "stop it first with 'boxctl stop NAME', or use 'boxctl rm -f NAME'",
+    "InvalidArgument": "see 'boxctl --help' for what each option takes",
+    "Timeout": "look at the box's output with 'podman logs NAME' (as root)",
+    "StartFailed": "look at the box's output with 'podman logs NAME' (as root)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boxctl", description="Create, enter and manage pet containers (boxes) with boxd.")
+    parser.add_argument("--version", action="version", version=f"boxctl {__version__}")
+    parser.add_argument("--user", action="store_true", default=bool(os.environ.get("BOXD_USER")),
+                        help="talk to your own boxd on the session bus (or set BOXD_USER=1)")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    create = sub.add_parser("create", help="create a box")
+    create.add_argument("name", nargs="?", default=DEFAULT_BOX)
+    create.add_argument("--image", "-i", default="", help="image (default: boxd's default)")
+    create.add_argument("--home", help="home directory to share (default: yours)")
+    create.add_argument("--volume", "-v", action="append", default=[], metavar="SRC:DST[:ro]",
+                        help="also bind a host path into the box (repeatable)")
+    create.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE",
+                        help="set an environment variable in the box (repeatable)")
+    create.add_argument("--hostname", help="the box's hostname (default: its name)")
+
+    lst = sub.add_parser("list", aliases=["ls"], help="list your boxes")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+
+    for verb, text in (("start", "start boxes"), ("stop", "stop boxes")):
+        cmd = sub.add_parser(verb, help=text)
+        cmd.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
+
+    rm = sub.add_parser("rm", aliases=["remove"], help="remove boxes")
+    rm.add_argument("--force", "-f", action="store_true", help="remove running boxes too")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from dbus_next import Variant
+
+    options: dict[str, Variant] = {}
+    if args.home:
+        options["home"] = Variant("s", os.path.abspath(args.home))
+    if args.hostname:
+        options["hostname"] = Variant("s", args.hostname)
+    if args.volume:
+        options["volumes"] = Variant("as", [_absolute_volume(v) for v in args.volume])
+    if args.env:
+        env = {}
+        for item in args.env:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--env takes NAME=VALUE, not {item!r}")
+            env[key] = value
+        options["env"] = Variant("a{ss}", env)
+    return options
+
+
+def _absolute_volume(spec: str) -> str:
+    source, sep, rest = spec.partition(":")
+    return (os.path.abspath(source) if source else source) + sep + rest
+
+
+class UsageError(Exception):
+    pass
+
+
+async def run(args: argparse.Namespace) -> int:
+    from boxd.client import BoxdClient
+
+    client = await BoxdClient.connect(args.user)
+    try:
+        if args.verb == "create":
+            await client.manager("CreateBox", "ssa{sv}", [args.name, args.image, _options(args)])
+            print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
+        elif args.verb in ("list", "ls"):
+            boxes = (await client.manager("ListBoxes"))[0]
+            _print_list(boxes, args.json)
+        elif args.verb in ("start", "stop"):
+            for name in args.names:
+                await client.box(name, args.verb.capitalize())
+        elif args.verb in ("rm", "remove"):
+            for name in args.names:
+                await client.box(name, "Remove", "b", [args.force])
+        return 0
+    finally:
+        client.disconnect()
+
+
+def _print_list(boxes: list[list[Any]], as_json: bool) -> None:
+    rows = [{"name": b[1], "id": b[2][:12], "image": b[3], "state": b[4], "owner": b[5]}
+            for b in boxes]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    header = {"name": "NAME", "id": "ID", "image": "IMAGE", "state": "STATE", "owner": "OWNER"}
+    widths = {k: max(len(str(r[k])) for r in [header, *rows]) for k in header}
+    for row in [header, *rows]:
+        print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        status = asyncio.run(run(args))
+    except UsageError as exc:
+        print(f"boxctl: {exc}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        status = 130
+    except Exception as exc:  # one clear line, never a traceback
+        status = _report(exc)
+    if os.environ.get("BOXCTL_TIMING"):
+        print(f"boxctl: {time.monotonic() - started:.3f} s", file=sys.stderr)
+    sys.exit(status)
+
+
+def _report(exc: Exception) -> int:
+    from boxd.client import CallError
+
+    if isinstance(exc, CallError):
+        hint = HINTS.get(exc.short_name)
+        print(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""),
+              file=sys.stderr)
+        return 1
+    if isinstance(exc, OSError | ConnectionError) or "DBus" in type(exc).__name__:
+        print(f"boxctl: cannot reach boxd on the {'session' if _user_mode() else 'system'} bus "
+              f"({exc}) (hint: is boxd running? 'systemctl status boxd')", file=sys.stderr)
+        return 1
+    print(f"boxctl: unexpected error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _user_mode() -> bool:
+    return bool(os.environ.get("BOXD_USER")) or "--user" in sys.argv
+
+
+if __name__ == "__main__":
+    main()
