@@ -15,7 +15,7 @@ echo "== systemd-analyze verify"
 systemd-analyze verify systemd/boxd.service
 runtime=$(mktemp -d)
 XDG_RUNTIME_DIR=$runtime systemd-analyze --user verify systemd/boxd-session.service
-rmdir "$runtime"
+rm -rf "$runtime"
 
 echo "== pytest"
 exec "$venv/bin/pytest" -ra "$@"
