@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(verb, help=text)
         cmd.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
 
+    enter = sub.add_parser("enter", help="open your login shell in a box")
+    enter.add_argument("name", nargs="?", default=None, metavar="NAME")
+    enter.add_argument("-c", "--container", dest="box", help="the box (default: box)")
+
+    run = sub.add_parser("run", help="run a command in a box: run [-c NAME] [NAME --] CMD...",
+                         usage="boxctl run [-c NAME] [NAME --] COMMAND [ARG...]")
+    run.add_argument("-c", "--container", dest="box", help="the box (default: box)")
+    run.add_argument("-T", "--no-tty", action="store_true",
+                     help="do not give the command a terminal even if you have one")
+
     rm = sub.add_parser("rm", aliases=["remove"], help="remove boxes")
     rm.add_argument("--force", "-f", action="store_true", help="remove running boxes too")
     rm.add_argument("names", nargs="+", metavar="NAME")
@@ -103,6 +113,13 @@ async def run(args: argparse.Namespace) -> int:
         elif args.verb in ("start", "stop"):
             for name in args.names:
                 await client.box(name, args.verb.capitalize())
+        elif args.verb in ("enter", "run"):
+            from boxd.attach import run_in_box
+
+            name = args.box or getattr(args, "name", None) or DEFAULT_BOX
+            command = getattr(args, "command", [])
+            return await run_in_box(client, name, command,
+                                    allow_tty=not getattr(args, "no_tty", False))
         elif args.verb in ("rm", "remove"):
             for name in args.names:
                 await client.box(name, "Remove", "b", [args.force])
@@ -123,8 +140,36 @@ def _print_list(boxes: list[list[Any]], as_json: bool) -> None:
         print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """argparse, plus run's command: everything after `--`, or after the options (Toolbx style)."""
+    parser = build_parser()
+    if "run" not in argv:
+        return parser.parse_args(argv)
+    at = argv.index("run")
+    head, rest = argv[:at + 1], argv[at + 1:]
+    if "--" in rest:
+        split = rest.index("--")
+        options, command = rest[:split], rest[split + 1:]
+    else:
+        split = next((i for i, a in enumerate(rest)
+                      if not a.startswith("-") and (i == 0 or rest[i - 1] not in ("-c",
+                                                                              "--container"))),
+                     len(rest))
+        options, command = rest[:split], rest[split:]
+    positional = [a for i, a in enumerate(options) if not a.startswith("-")
+                  and (i == 0 or options[i - 1] not in ("-c", "--container"))]
+    args = parser.parse_args(head + [a for a in options if a not in positional])
+    if len(positional) > 1:
+        parser.error("run takes at most one box name before --")
+    if not command:
+        parser.error("run needs a command, e.g. boxctl run -- ls -la")
+    args.box = args.box or (positional[0] if positional else None)
+    args.command = command
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
         status = asyncio.run(run(args))

@@ -35,6 +35,9 @@ class Config:
     userns: bool = True
     subid_base: int = 1_000_000_000
     subid_size: int = 65536
+    # Per-user caps, so that one user cannot exhaust the host.
+    max_boxes_per_user: int = 32
+    max_sessions_per_user: int = 64
     # Bus address override (tests run a private bus); empty means the mode's usual bus.
     bus_address: str = ""
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -46,6 +49,9 @@ class Config:
         for key in ("start_timeout", "podman_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"config key '{key}' must be a positive number of seconds")
+        if self.max_boxes_per_user < 1 or self.max_sessions_per_user < 1:
+            raise ConfigError("config keys 'max_boxes_per_user' and 'max_sessions_per_user' "
+                              "must be at least 1")
         if self.stop_timeout < 0:
             raise ConfigError("config key 'stop_timeout' must not be negative")
         if self.subid_size < 65536 or self.subid_base < 65536:

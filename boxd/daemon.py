@@ -70,6 +70,7 @@ async def serve(cfg: config.Config) -> int:
     manager = BoxManager(cfg, client)
     service = BoxdService(Dispatcher(bus), manager, Authorizer(cfg.mode, os.getuid()),
                           cfg.default_image)
+    await service.watch_callers()
     follower = asyncio.create_task(manager.run(service.podman_changed))
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):

@@ -31,6 +31,7 @@ from boxd.model import (
     validate_image,
     validate_name,
 )
+from boxd.sessions import Session, SessionManager, SpawnRequest
 from boxd.subids import SubidAllocator
 
 _log = log.get("boxd.manager")
@@ -116,6 +117,7 @@ class BoxManager:
         self._starting: set[str] = set()
         self._podman_up = False
         config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.sessions = SessionManager(client, config.max_sessions_per_user)
         self._subids = (SubidAllocator(Path(config.state_dir) / "subids.json",
                                        config.subid_base, config.subid_size)
                         if config.userns and config.mode == "system" else None)
@@ -154,6 +156,10 @@ class BoxManager:
         async with self._lock(name):
             if name in self._boxes:
                 raise errors.AlreadyExists(f"a box named {name!r} exists already")
+            owned = sum(1 for b in self._boxes.values() if b.owner == owner.uid)
+            if owned >= self._config.max_boxes_per_user:
+                raise errors.Busy(f"you have {owned} boxes already, the most this host allows; "
+                                  "remove one first")
             with self._podman_errors():
                 if await self._podman.container_exists(name):
                     raise errors.AlreadyExists(
@@ -242,6 +248,34 @@ class BoxManager:
                 raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
             self._write_settings(name, settings)
             return settings
+
+    async def spawn(self, name: str, *, caller_uid: int, caller_sender: str, argv: list[str],
+                    cwd: str, env: dict[str, str], fds: dict[int, int], tty: bool,
+                    login_shell: bool) -> Session:
+        """Run a command (or the login shell) in a box as its owner, starting the box if needed.
+        `fds` are boxd's own duplicates of the caller's fds; the session owns them from here."""
+        try:
+            box = self.get(name)
+            _check_command(argv, cwd, env, login_shell)
+            if box.state != "running":
+                box = await self.start(name)
+            owner = self._owner_lookup(box.owner)
+            settings = self.settings(name)
+            home = settings.home or owner.home
+            full_env = {**settings.env, "HOME": home, "USER": owner.user,
+                        "LOGNAME": owner.user, **env}
+            if tty:
+                full_env.setdefault("TERM", "xterm-256color")
+            request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=dict(fds),
+                                   user=f"{owner.uid}:{owner.gid}", home=home, tty=tty,
+                                   login_shell=login_shell)
+            fds = {}  # handed over
+            with self._podman_errors():
+                return await self.sessions.spawn(request, caller_uid, caller_sender)
+        finally:
+            for fd in fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # -- readiness -----------------------------------------------------------------------------
     async def _await_ready(self, name: str, token: str, since: int) -> None:
@@ -411,3 +445,24 @@ def _atomic_write(path: Path, text: str, mode: int, gid: int | None = None) -> N
         os.chown(tmp, 0, gid)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+_MAX_ARGV_BYTES = 256 * 1024
+
+
+def _check_command(argv: list[str], cwd: str, env: dict[str, str], login_shell: bool) -> None:
+    if not argv and not login_shell:
+        raise errors.InvalidArgument("argv is empty: name a command, or ask for the login shell")
+    if argv and login_shell:
+        raise errors.InvalidArgument("give either a command or the login shell option, not both")
+    if sum(len(a) + 1 for a in argv) > _MAX_ARGV_BYTES or len(argv) > 4096:
+        raise errors.InvalidArgument(f"the command line is longer than {_MAX_ARGV_BYTES} bytes")
+    if any("\0" in a for a in argv):
+        raise errors.InvalidArgument("an argument contains a NUL byte")
+    if not cwd.startswith("/") or "\0" in cwd or len(cwd) > 4096:
+        raise errors.InvalidArgument("the working directory must be an absolute path")
+    if len(env) > 1024 or sum(len(k) + len(v) for k, v in env.items()) > _MAX_ARGV_BYTES:
+        raise errors.InvalidArgument("the environment is too large")
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value or not key.isprintable():
+            raise errors.InvalidArgument(f"invalid environment variable name {key[:40]!r}")

@@ -5,11 +5,14 @@ It knows containers, images and events; it knows nothing about boxes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import h11
 import httpx
 
 API = "/v4.0.0/libpod"
@@ -36,6 +39,15 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     pass
+
+
+@dataclass
+class ExecStream:
+    """A hijacked exec connection; `initial` holds stream bytes that arrived with the 101."""
+
+    initial: bytes
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
 
 
 def _filters(filters: Mapping[str, list[str]] | None) -> dict[str, str]:
@@ -128,6 +140,65 @@ class PodmanClient:
             for line in payload.splitlines():
                 yield stream, line
 
+    # -- exec ----------------------------------------------------------------------------------
+    async def exec_create(self, container: str, config: Mapping[str, Any]) -> str:
+        body = (await self._request("POST", f"/containers/{container}/exec",
+                                    json_body=config)).json()
+        return str(body["Id"])
+
+    async def exec_start(self, exec_id: str, tty: bool, height: int = 0, width: int = 0
+                         ) -> ExecStream:
+        """Start an exec session and hijack the connection: after podman's "101 UPGRADED" the
+        socket is the process's raw stdio (tty: one stream; else 8-byte framed stdout/stderr)."""
+        body: dict[str, Any] = {"Detach": False, "Tty": tty}
+        if tty and height and width:
+            body["h"], body["w"] = height, width
+        payload = json.dumps(body).encode()
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path,
+                                                                limit=1 << 20)
+        except OSError as exc:
+            raise PodmanUnavailable(f"cannot reach podman at {self.socket_path}: {exc}") from None
+        http = h11.Connection(h11.CLIENT)
+        writer.write(http.send(h11.Request(
+            method="POST", target=f"{API}/exec/{exec_id}/start",
+            headers=[("Host", "podman"), ("Content-Type", "application/json"),
+                     ("Content-Length", str(len(payload))), ("Connection", "Upgrade"),
+                     ("Upgrade", "tcp")])) or b"")
+        writer.write(http.send(h11.Data(data=payload)) or b"")
+        writer.write(http.send(h11.EndOfMessage()) or b"")
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    event = http.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await reader.read(65536)
+                        http.receive_data(data)
+                        if not data:
+                            raise PodmanUnavailable("podman closed the exec connection")
+                        continue
+                    if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                        break
+                    if isinstance(event, h11.Response):
+                        text = await _read_body(http, reader)
+                        writer.close()
+                        _raise_for_status(httpx.Response(event.status_code, content=text))
+                        raise ApiError(event.status_code, "podman did not upgrade the exec stream")
+        except TimeoutError:
+            writer.close()
+            raise PodmanUnavailable("podman did not start the exec session in time") from None
+        except h11.RemoteProtocolError as exc:
+            writer.close()
+            raise PodmanUnavailable(f"podman sent a malformed answer: {exc}") from None
+        leftover, _closed = http.trailing_data
+        return ExecStream(bytes(leftover), reader, writer)
+
+    async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        await self._request("POST", f"/exec/{exec_id}/resize", params={"h": height, "w": width})
+
+    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/exec/{exec_id}/json")).json()
+
     # -- images --------------------------------------------------------------------------------
     async def list_images(self) -> list[dict[str, Any]]:
         return (await self._request("GET", "/images/json")).json() or []
@@ -190,6 +261,18 @@ class PodmanClient:
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
                 FileNotFoundError) as exc:
             raise PodmanUnavailable(f"lost podman's stream: {exc}") from None
+
+
+async def _read_body(http: h11.Connection, reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while True:
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            http.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Data):
+            chunks.append(bytes(event.data))
+        else:
+            return b"".join(chunks)
 
 
 def _raise_for_status(response: httpx.Response) -> None:

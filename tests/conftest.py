@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import bed
 import pytest
 
+import bed
 from boxd.bus.service import box_path
 
 RUN_ROOT = Path(os.environ.get("BOXD_TEST_ROOT", "/var/tmp/boxd-test"))
@@ -34,12 +35,19 @@ class Boxd:
     def call(self, path: str, interface: str, member: str, signature: str = "",
              args: list | None = None, user: str | None = None) -> dict:
         """Call through the real bus as `user` (a real account) or root; returns body or error."""
-        argv = [sys.executable, "-", self.address, path, interface, member, signature,
-                json.dumps(args or [])]
-        if user is not None:
-            argv = ["runuser", "-u", user, "--", *argv]
-        script = (bed.REPO / "tests" / "bed" / "call.py").read_bytes()
-        result = subprocess.run(argv, input=script, capture_output=True, timeout=120)
+        encoded = json.dumps(args or [])
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
+            if len(encoded) > 65536:  # argv strings are capped at 128 KiB
+                handle.write(encoded)
+                handle.flush()
+                os.chmod(handle.name, 0o644)
+                encoded = "@" + handle.name
+            argv = [sys.executable, "-", self.address, path, interface, member, signature,
+                    encoded]
+            if user is not None:
+                argv = ["runuser", "-u", user, "--", *argv]
+            script = (bed.REPO / "tests" / "bed" / "call.py").read_bytes()
+            result = subprocess.run(argv, input=script, capture_output=True, timeout=120)
         assert result.returncode == 0, result.stderr.decode()
         return json.loads(result.stdout)
 
@@ -101,3 +109,18 @@ def alice() -> dict:
 @pytest.fixture(scope="session")
 def bob() -> dict:
     return bed.ensure_user("boxd-bob", 2102)
+
+
+@pytest.fixture(scope="session")
+def alice_box(boxd_bed, alice) -> str:
+    """A running box of alice's for session tests."""
+    reply = boxd_bed.manager("CreateBox", "ssa{sv}", ["alice-sess", "", {}], user=alice["name"])
+    assert "error" not in reply, reply
+    assert boxd_bed.box("alice-sess", "Start", user=alice["name"]) == {"body": []}
+    return "alice-sess"
+
+
+def boxctl_argv(boxd: Boxd, user: str, *args: str) -> list[str]:
+    """boxctl as a real user on the test bus."""
+    return ["runuser", "-u", user, "--", "env", f"BOXD_BUS_ADDRESS={boxd.address}",
+            str(Path(sys.executable).with_name("boxctl")), *args]

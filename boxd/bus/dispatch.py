@@ -10,7 +10,9 @@ variable, and turns every failure into a named io.github.boxd1.Error.* with one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -96,7 +98,11 @@ class Dispatcher:
             uid, pid = await self._sender_credentials(msg.sender)
             _current.set(Caller(msg.sender, uid, pid,
                                 bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)))
-            args = ServiceInterface._msg_body_to_args(msg)
+            try:
+                args = ServiceInterface._msg_body_to_args(msg)
+            except (IndexError, TypeError):
+                raise errors.InvalidArgument(
+                    "a file descriptor index does not match the fds sent with the call") from None
             result = await method.fn(interface, *args)
             body, fds = ServiceInterface._fn_result_to_body(result, method.out_signature_tree)
             reply = Message.new_method_return(msg, method.out_signature, body, fds)
@@ -112,7 +118,15 @@ class Dispatcher:
             _log.exception("call_crashed", method=msg.member, path=msg.path, caller_uid=uid)
             reply = Message.new_error(msg, ERROR_PREFIX + "Internal",
                                       "boxd hit an internal error; the daemon's log has details")
+        finally:
+            # A message's fds belong to the call: a method that keeps one dups it.
+            for fd in msg.unix_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._reply(msg, reply)
+
+    def forget_sender(self, sender: str) -> None:
+        self._credentials.pop(sender, None)
 
     def _reply(self, msg: Message, reply: Message) -> None:
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:

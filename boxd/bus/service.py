@@ -1,20 +1,27 @@
 """The io.github.boxd1 objects: a Manager and one Box object per box. Thin: parse, authorize,
 delegate to the BoxManager, and mirror its cache as D-Bus objects and property changes."""
 
+import asyncio
+import os
 from typing import Any
 
-from dbus_next import Message, Variant
-from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method
+from dbus_next import Message, MessageType, Variant
+from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
 from boxd import __version__
 from boxd.authz import Authorizer
 from boxd.bus.dispatch import Dispatcher, current_caller
-from boxd.errors import InvalidArgument
+from boxd.errors import AccessDenied, InvalidArgument
 from boxd.manager import BoxInfo, BoxManager
+from boxd.sessions import Session
 
 BUS_NAME = "io.github.boxd1"
 MANAGER_PATH = "/io/github/boxd1"
 BOX_PATH_PREFIX = "/io/github/boxd1/box/"
+SESSION_PATH_PREFIX = "/io/github/boxd1/session/"
+SESSION_INTERFACE = "io.github.boxd1.Session"
+# A finished session stays on the bus this long for a late Wait(), unless its caller leaves.
+SESSION_LINGER = 60.0
 
 # CreateBox / Configure options and the D-Bus type each must have.
 _OPTION_TYPES = {"home": "s", "hostname": "s", "volumes": "as", "env": "a{ss}"}
@@ -52,6 +59,70 @@ def unpack_options(options: dict[str, Variant]) -> dict[str, Any]:
     return values
 
 
+_SPAWN_OPTION_TYPES = {"tty": "b", "shell": "b"}
+
+
+def unpack_spawn_options(options: dict[str, Variant]) -> dict[str, Any]:
+    values = {}
+    for key, variant in options.items():
+        expected = _SPAWN_OPTION_TYPES.get(key)
+        if expected is None:
+            raise InvalidArgument(f"unknown spawn option {key!r}: known options are tty, shell")
+        if variant.signature != expected:
+            raise InvalidArgument(f"spawn option {key!r} must be of type {expected}, "
+                                  f"not {variant.signature}")
+        values[key] = variant.value
+    return values
+
+
+def _text(raw: bytes) -> str:
+    """Paths and arguments travel as bytes (ay); keep undecodable bytes as they are."""
+    return bytes(raw).rstrip(b"\0").decode("utf-8", "surrogateescape")
+
+
+class SessionInterface(ServiceInterface):
+    def __init__(self, service: "BoxdService", session: Session) -> None:
+        super().__init__(SESSION_INTERFACE)
+        self._service = service
+        self.session = session
+
+    def _authorize(self) -> Session:
+        uid = current_caller().uid
+        if uid not in (0, self.session.caller_uid):
+            raise AccessDenied("this session belongs to another caller")
+        return self.session
+
+    @method()
+    async def Resize(self, rows: "u", cols: "u"):
+        await self._authorize().resize(rows, cols)
+
+    @method()
+    async def Signal(self, signum: "i"):
+        await self._authorize().signal(signum)
+
+    @method()
+    async def Wait(self) -> "i":
+        status = await self._authorize().wait()
+        self._service.session_collected(self.session)
+        return status
+
+    @signal()
+    def Exited(self, status: "i") -> "i":
+        return status
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Box(self) -> "s":
+        return self.session.box
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Tty(self) -> "b":
+        return self.session.tty
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ExitStatus(self) -> "i":
+        return -1 if self.session.exit_status is None else self.session.exit_status
+
+
 class BoxInterface(ServiceInterface):
     def __init__(self, service: "BoxdService", info: BoxInfo) -> None:
         super().__init__("io.github.boxd1.Box")
@@ -77,6 +148,25 @@ class BoxInterface(ServiceInterface):
     @method()
     async def Configure(self, changes: "a{sv}"):
         await self._service.manager.configure(self._authorized_name(), unpack_options(changes))
+
+    @method()
+    async def Spawn(self, cwd: "ay", argv: "aay", fds: "a{uh}", env: "a{ss}",
+                    options: "a{sv}") -> "o":
+        caller = current_caller()
+        name = self._authorized_name()
+        if not set(fds) <= {0, 1, 2}:
+            raise InvalidArgument("fds may only map 0, 1 and 2 (stdin, stdout, stderr)")
+        if any(not isinstance(fd, int) for fd in fds.values()):
+            raise InvalidArgument("a file descriptor index does not match the fds sent with "
+                                  "the call")
+        opts = unpack_spawn_options(options)
+        own_fds = {target: os.dup(fd) for target, fd in fds.items()}
+        tty = opts.get("tty", 0 in own_fds and os.isatty(own_fds[0]))
+        session = await self._service.manager.spawn(
+            name, caller_uid=caller.uid, caller_sender=caller.sender,
+            argv=[_text(a) for a in argv], cwd=_text(cwd) or "/", env=dict(env),
+            fds=own_fds, tty=tty, login_shell=opts.get("shell", False))
+        return self._service.session_opened(session)
 
     @method()
     async def GetSettings(self) -> "a{sv}":
@@ -168,8 +258,60 @@ class BoxdService:
         self.default_image = default_image
         self.manager_interface = ManagerInterface(self)
         self._boxes: dict[str, BoxInterface] = {}
+        self._sessions: dict[str, SessionInterface] = {}
         manager.observer = self
+        manager.sessions.on_exit = self._session_exited
         dispatcher.export(MANAGER_PATH, self.manager_interface)
+        dispatcher.bus.add_message_handler(self._on_name_owner_changed)
+
+    async def watch_callers(self) -> None:
+        """Subscribe to NameOwnerChanged, to end the sessions of callers who leave the bus."""
+        await self.dispatcher.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+            body=["type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+                  "arg2=''"]))
+
+    def _on_name_owner_changed(self, msg: Message) -> bool:
+        if (msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                and msg.sender == "org.freedesktop.DBus" and msg.signature == "sss"):
+            name, _old, new = msg.body
+            if not new and name.startswith(":"):
+                self.dispatcher.forget_sender(name)
+                for session in self.manager.sessions.of_sender(name):
+                    if session.running:
+                        asyncio.get_running_loop().create_task(session.hang_up())
+                    else:
+                        self.session_collected(session)
+        return False
+
+    # -- sessions ------------------------------------------------------------------------------
+    def session_opened(self, session: Session) -> str:
+        interface = SessionInterface(self, session)
+        self._sessions[session.id] = interface
+        path = SESSION_PATH_PREFIX + session.id
+        self.dispatcher.export(path, interface)
+        return path
+
+    def _session_exited(self, session: Session) -> None:
+        interface = self._sessions.get(session.id)
+        if interface is None:
+            return
+        assert session.exit_status is not None
+        # Session state goes to the caller who spawned it, not to everyone on the bus.
+        self.dispatcher.bus.send(Message(
+            message_type=MessageType.SIGNAL, destination=session.caller_sender,
+            path=SESSION_PATH_PREFIX + session.id, interface=SESSION_INTERFACE,
+            member="Exited", signature="i", body=[session.exit_status]))
+        asyncio.get_running_loop().call_later(SESSION_LINGER, self.session_collected, session)
+
+    def session_collected(self, session: Session) -> None:
+        interface = self._sessions.pop(session.id, None)
+        if interface is not None and not session.running:
+            self.dispatcher.unexport(SESSION_PATH_PREFIX + session.id, interface)
+            self.manager.sessions.forget(session)
+        elif interface is not None:
+            self._sessions[session.id] = interface
 
     def podman_changed(self, available: bool) -> None:
         self.manager_interface.emit_properties_changed({"PodmanAvailable": available})

@@ -200,7 +200,7 @@ class Daemon:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "boxd.daemon", "--config",
                                       str(self.config_path)], stdout=log, stderr=log,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd="/")  # the installed boxd
         wait_for(self._owns_name, 20, "boxd to own io.github.boxd1")
 
     def _owns_name(self) -> bool:

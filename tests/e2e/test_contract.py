@@ -6,9 +6,10 @@ import asyncio
 import xml.etree.ElementTree as ET
 
 import pytest
-from bed import REPO
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
+
+from bed import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,10 @@ def test_live_api_matches_the_contract(boxd_bed, alice):
                              user=alice["name"])
     try:
         live.update(shape(introspect(boxd_bed, reply["body"][0])))
+        spawned = boxd_bed.box("alice-contract", "Spawn", "ayaaya{uh}a{ss}a{sv}",
+                               [{"$b": "/"}, [{"$b": "true"}], {"$i": [[1, {"$fd": 1}]]}, {},
+                                {}], user=alice["name"])
+        live.update(shape(introspect(boxd_bed, spawned["body"][0])))
     finally:
         boxd_bed.box("alice-contract", "Remove", "b", [True], user=alice["name"])
     assert live == contract

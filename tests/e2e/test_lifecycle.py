@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from bed import BUSYBOX_IMAGE
 
 pytestmark = pytest.mark.e2e

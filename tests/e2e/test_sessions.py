@@ -1,0 +1,174 @@
+"""Entering boxes: boxctl and Box.Spawn against the real daemon, real podman, a real PTY."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bed.term import Terminal
+from conftest import boxctl_argv
+
+pytestmark = pytest.mark.e2e
+
+
+def boxctl(boxd, user, *args, input=None, timeout=60):
+    return subprocess.run(boxctl_argv(boxd, user, *args), input=input, capture_output=True,
+                          timeout=timeout, cwd="/")
+
+
+@pytest.fixture
+def term(boxd_bed, alice, alice_box):
+    terminals = []
+
+    def open_terminal(*args, rows=24, cols=80):
+        t = Terminal(boxctl_argv(boxd_bed, alice["name"], *args), rows=rows, cols=cols,
+                     cwd=alice["home"])
+        terminals.append(t)
+        return t
+
+    yield open_terminal
+    for t in terminals:
+        t.close()
+
+
+def test_pipes_keep_stdout_stderr_and_exit_status_apart(boxd_bed, alice, alice_box):
+    result = boxctl(boxd_bed, alice["name"], "run", alice_box, "--", "sh", "-c",
+                    "echo out; echo err >&2; exit 7")
+    assert (result.returncode, result.stdout, result.stderr) == (7, b"out\n", b"err\n")
+    result = boxctl(boxd_bed, alice["name"], "run", "-c", alice_box, "cat", input=b"hi\n")
+    assert (result.returncode, result.stdout) == (0, b"hi\n")
+    result = boxctl(boxd_bed, alice["name"], "run", alice_box, "--", "id", "-un")
+    assert result.stdout.decode().strip() == alice["name"]
+
+
+def test_binary_data_round_trips_byte_exact(boxd_bed, alice, alice_box):
+    payload = os.urandom(1 << 20)
+    result = boxctl(boxd_bed, alice["name"], "run", alice_box, "--", "cat", input=payload)
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def test_cwd_follows_the_caller_or_falls_back_to_home(boxd_bed, alice, alice_box):
+    home = alice["home"]
+    sub = os.path.join(home, "project")
+    os.makedirs(sub, exist_ok=True)
+    os.chown(sub, alice["uid"], alice["gid"])
+    argv = boxctl_argv(boxd_bed, alice["name"], "run", alice_box, "--", "pwd")
+    result = subprocess.run(argv, cwd=sub, capture_output=True, timeout=60)
+    assert result.stdout.decode().strip() == sub
+    missing = "/var/tmp/boxd-test-only-on-host"
+    os.makedirs(missing, exist_ok=True)
+    result = subprocess.run(argv, cwd=missing, capture_output=True, timeout=60)
+    assert result.stdout.decode().strip() == home
+    assert b"does not exist in this box" in result.stderr
+
+
+def test_tty_session_types_resizes_and_exits_with_status(term, alice):
+    t = term("enter", "alice-sess", rows=30, cols=100)
+    t.read_until("$ ")
+    t.send("echo $((6*7))-ok\r")
+    t.read_until("42-ok")
+    t.send("stty size\r")
+    t.read_until("30 100")
+    t.resize(41, 132)
+    time.sleep(0.3)  # SIGWINCH -> Resize travels over the bus
+    t.send("stty size\r")
+    t.read_until("41 132")
+    t.send("id -un\r")
+    t.read_until(alice["name"])
+    t.send("exit 3\r")
+    assert t.wait() == 3
+
+
+def test_ctrl_c_interrupts_and_ctrl_p_reaches_the_shell(term):
+    t = term("enter", "alice-sess")
+    t.read_until("$ ")
+    t.send("sleep 100\r")
+    time.sleep(0.5)
+    t.send(b"\x03")
+    t.read_until("$ ")
+    t.send("echo status-$?\r")
+    t.read_until("status-130")
+    # ctrl-p is bash's previous-history: it must reach the shell, not podman's detach keys.
+    t.send("echo ctrl-p-works\r")
+    t.read_until("ctrl-p-works")
+    t.send(b"\x10\r")
+    t.read_until("ctrl-p-works")
+    t.send("exit\r")
+    assert t.wait() == 0
+
+
+def test_exit_status_of_a_signal_and_terminal_restored(term):
+    t = term("run", "-c", "alice-sess", "sleep", "100")
+    time.sleep(1)
+    t.send(b"\x03")
+    assert t.wait() == 130
+    # boxctl put the terminal back as it found it (canonical mode, echo on).
+    lflag = t.attrs()[3]
+    import termios
+
+    assert lflag & termios.ICANON and lflag & termios.ECHO
+
+
+def test_twenty_concurrent_runs(boxd_bed, alice, alice_box):
+    def one(i):
+        return boxctl(boxd_bed, alice["name"], "run", alice_box, "--", "sh", "-c",
+                      f"echo run-{i}; exit {i % 5}")
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert [r.stdout for r in results] == [f"run-{i}\n".encode() for i in range(20)]
+    assert [r.returncode for r in results] == [i % 5 for i in range(20)]
+
+
+def test_killing_the_client_ends_the_process_in_the_box(boxd_bed, alice, alice_box):
+    marker = f"boxd-orphan-{os.getpid()}"
+    proc = subprocess.Popen(boxctl_argv(boxd_bed, alice["name"], "run", alice_box, "--",
+                                        "sh", "-c", f"exec -a {marker} sleep 300"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not _pgrep(marker):
+        time.sleep(0.1)
+    assert _pgrep(marker), "the command never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _pgrep(marker):
+        time.sleep(0.1)
+    assert not _pgrep(marker), "the process in the box outlived its client"
+
+
+def _pgrep(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+def test_spawn_bad_input(boxd_bed, alice, alice_box):
+    err = "io.github.boxd1.Error."
+    true = [{"$b": "true"}]
+    root = {"$b": "/"}
+    fd0 = {"$i": [[0, {"$fd": 0}]]}
+    cases = [
+        ([root, [], fd0, {}, {}], "argv is empty"),
+        ([{"$b": "relative"}, true, fd0, {}, {}], "absolute path"),
+        ([root, true, fd0, {}, {"tty": {"$v": ["s", "yes"]}}], "must be of type b"),
+        ([root, true, fd0, {}, {"root": {"$v": ["b", True]}}], "unknown spawn option"),
+        ([root, [{"$b": "x" * 300_000}], fd0, {}, {}], "longer than"),
+        ([root, true, fd0, {"A=B": "x"}, {}], "environment variable name"),
+        ([root, true, {"$i": [[5, {"$fd": 0}]]}, {}, {}], "fds may only map 0, 1 and 2"),
+        ([root, true, {"$i": [[0, {"$idx": 7}]]}, {}, {}], "file descriptor index"),
+    ]
+    for args, message in cases:
+        reply = boxd_bed.box(alice_box, "Spawn", "ayaaya{uh}a{ss}a{sv}", args,
+                             user=alice["name"])
+        assert reply.get("error") == err + "InvalidArgument", (message, reply)
+        assert message in reply["message"]
+    assert boxd_bed.daemon.alive()
+    fds = os.listdir(f"/proc/{boxd_bed.daemon.proc.pid}/fd")
+    assert len(fds) < 40, f"the daemon leaks fds: {len(fds)} open"
