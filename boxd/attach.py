@@ -3,7 +3,6 @@ step, restore the terminal on every way out, and return the command's own exit s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -11,9 +10,7 @@ import struct
 import sys
 from typing import Any
 
-from dbus_next import Variant
-
-from boxd.client import BoxdClient
+from boxd.client import SESSION, BoxdClient
 
 # The caller environment a command in a box should see (the rest comes from the box itself).
 PASSED_ENV = {"TERM", "COLORTERM", "LANG", "LANGUAGE", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
@@ -21,6 +18,7 @@ PASSED_ENV = {"TERM", "COLORTERM", "LANG", "LANGUAGE", "DISPLAY", "WAYLAND_DISPL
               "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "VTE_VERSION", "DESKTOP_SESSION",
               "KRB5CCNAME", "NO_COLOR", "EDITOR", "VISUAL", "PAGER"}
 PASSED_PREFIXES = ("LC_", "XDG_")
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def caller_env() -> dict[str, str]:
@@ -45,19 +43,57 @@ def _window_size() -> tuple[int, int]:
     return rows, cols
 
 
-async def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: bool) -> int:
+class _Forwarder:
+    """Signal handlers that pass signals and window changes on to the session. Until the session
+    exists they are only noted; afterwards the main thread only ever waits for Wait's answer,
+    so a handler may send on the connection without interleaving with another send."""
+
+    def __init__(self, client: BoxdClient) -> None:
+        self._client = client
+        self._path = ""
+        self._pending: list[tuple[str, str, tuple[Any, ...]]] = []
+
+    def attach(self, path: str) -> None:
+        self._path = path
+        pending, self._pending = self._pending, []
+        for member, signature, body in pending:
+            self._send(member, signature, body)
+
+    def _send(self, member: str, signature: str, body: tuple[Any, ...]) -> None:
+        if not self._path:
+            self._pending.append((member, signature, body))
+            return
+        with contextlib.suppress(OSError):
+            self._client.send_only(self._path, SESSION, member, signature, body)
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        self._send("Signal", "i", (signum,))
+
+    def on_winch(self, _signum: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            self._send("Resize", "uu", _window_size())
+
+
+def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: bool) -> int:
     fds = _open_fds()
     use_tty = allow_tty and 0 in fds and 1 in fds and os.isatty(0) and os.isatty(1)
     try:
         cwd = os.getcwdb()
     except OSError:
         cwd = b"/"
-    options: dict[str, Any] = {"tty": Variant("b", use_tty)}
+    options: dict[str, tuple[str, Any]] = {"tty": ("b", use_tty)}
     if not command:
-        options["shell"] = Variant("b", True)
-    body = [cwd, [a.encode("utf-8", "surrogateescape") for a in command],
-            {target: index for index, target in enumerate(fds)}, caller_env(), options]
+        options["shell"] = ("b", True)
+    body = (cwd, [a.encode("utf-8", "surrogateescape") for a in command],
+            {target: target for target in fds}, caller_env(), options)
 
+    forwarder = _Forwarder(client)
+    # In a terminal, ctrl-c travels as a byte to the box's own terminal; otherwise it is boxctl
+    # that gets SIGINT and passes it on.
+    forwarded = [*FORWARDED_SIGNALS] + ([] if use_tty else [signal.SIGINT])
+    previous = {signum: signal.signal(signum, forwarder.on_signal) for signum in forwarded}
+    if use_tty:
+        previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, forwarder.on_winch)
     saved_tty = None
     if use_tty:
         import termios
@@ -65,46 +101,17 @@ async def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tt
 
         saved_tty = termios.tcgetattr(0)
         tty.setraw(0, termios.TCSANOW)  # keep what the user typed ahead
-    loop = asyncio.get_running_loop()
-    session_path = ""
-    pending: set[asyncio.Task[Any]] = set()
-
-    def later(coro: Any) -> None:
-        task = loop.create_task(coro)
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
     try:
-        session_path = (await client.box(name, "Spawn", "ayaaya{uh}a{ss}a{sv}", body,
-                                         unix_fds=fds))[0]
-
-        def forward(signum: int) -> None:
-            later(client.call(session_path, "io.github.boxd1.Session", "Signal", "i", [signum]))
-
-        def resize() -> None:
-            with contextlib.suppress(OSError):
-                rows, cols = _window_size()
-                later(client.call(session_path, "io.github.boxd1.Session", "Resize", "uu",
-                                  [rows, cols]))
-
-        # In a terminal, ctrl-c travels as a byte to the box's own terminal; otherwise it is
-        # boxctl that gets SIGINT and passes it on.
-        forwarded = [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]
-        if not use_tty:
-            forwarded.append(signal.SIGINT)
-        for signum in forwarded:
-            loop.add_signal_handler(signum, forward, signum)
-        if use_tty:
-            loop.add_signal_handler(signal.SIGWINCH, resize)
-        status = (await client.call(session_path, "io.github.boxd1.Session", "Wait"))[0]
-        return int(status)
+        session_path = client.box(name, "Spawn", "ayaaya{uh}a{ss}a{sv}", body)[0]
+        waiting = client.begin(session_path, SESSION, "Wait")
+        forwarder.attach(session_path)  # from here on the main thread only receives
+        return int(client.finish(waiting)[0])
     finally:
         if saved_tty is not None:
             import termios
 
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(0, termios.TCSAFLUSH, saved_tty)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT,
-                       signal.SIGWINCH):
-            loop.remove_signal_handler(signum)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sys.stdout.flush()

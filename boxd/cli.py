@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import sys
 import time
@@ -69,16 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from dbus_next import Variant
-
-    options: dict[str, Variant] = {}
+def _options(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """CreateBox options as D-Bus variants (signature, value)."""
+    options: dict[str, tuple[str, Any]] = {}
     if args.home:
-        options["home"] = Variant("s", os.path.abspath(args.home))
+        options["home"] = ("s", os.path.abspath(args.home))
     if args.hostname:
-        options["hostname"] = Variant("s", args.hostname)
+        options["hostname"] = ("s", args.hostname)
     if args.volume:
-        options["volumes"] = Variant("as", [_absolute_volume(v) for v in args.volume])
+        options["volumes"] = ("as", [_absolute_volume(v) for v in args.volume])
     if args.env:
         env = {}
         for item in args.env:
@@ -86,7 +83,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             if not sep:
                 raise UsageError(f"--env takes NAME=VALUE, not {item!r}")
             env[key] = value
-        options["env"] = Variant("a{ss}", env)
+        options["env"] = ("a{ss}", env)
     return options
 
 
@@ -99,39 +96,39 @@ class UsageError(Exception):
     pass
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from boxd.client import BoxdClient
 
-    client = await BoxdClient.connect(args.user)
+    client = BoxdClient.connect(args.user)
     try:
         if args.verb == "create":
-            await client.manager("CreateBox", "ssa{sv}", [args.name, args.image, _options(args)])
+            client.manager("CreateBox", "ssa{sv}", (args.name, args.image, _options(args)))
             print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
         elif args.verb in ("list", "ls"):
-            boxes = (await client.manager("ListBoxes"))[0]
-            _print_list(boxes, args.json)
+            _print_list(client.manager("ListBoxes")[0], args.json)
         elif args.verb in ("start", "stop"):
             for name in args.names:
-                await client.box(name, args.verb.capitalize())
+                client.box(name, args.verb.capitalize())
         elif args.verb in ("enter", "run"):
             from boxd.attach import run_in_box
 
             name = args.box or getattr(args, "name", None) or DEFAULT_BOX
-            command = getattr(args, "command", [])
-            return await run_in_box(client, name, command,
-                                    allow_tty=not getattr(args, "no_tty", False))
+            return run_in_box(client, name, getattr(args, "command", []),
+                              allow_tty=not getattr(args, "no_tty", False))
         elif args.verb in ("rm", "remove"):
             for name in args.names:
-                await client.box(name, "Remove", "b", [args.force])
+                client.box(name, "Remove", "b", (args.force,))
         return 0
     finally:
-        client.disconnect()
+        client.close()
 
 
 def _print_list(boxes: list[list[Any]], as_json: bool) -> None:
     rows = [{"name": b[1], "id": b[2][:12], "image": b[3], "state": b[4], "owner": b[5]}
             for b in boxes]
     if as_json:
+        import json
+
         print(json.dumps(rows, indent=2))
         return
     header = {"name": "NAME", "id": "ID", "image": "IMAGE", "state": "STATE", "owner": "OWNER"}
@@ -172,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
-        status = asyncio.run(run(args))
+        status = run(args)
     except UsageError as exc:
         print(f"boxctl: {exc}", file=sys.stderr)
         status = 2
@@ -193,7 +190,7 @@ def _report(exc: Exception) -> int:
         print(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""),
               file=sys.stderr)
         return 1
-    if isinstance(exc, OSError | ConnectionError) or "DBus" in type(exc).__name__:
+    if isinstance(exc, OSError | ConnectionError | TimeoutError):
         print(f"boxctl: cannot reach boxd on the {'session' if _user_mode() else 'system'} bus "
               f"({exc}) (hint: is boxd running? 'systemctl status boxd')", file=sys.stderr)
         return 1

@@ -16,8 +16,9 @@ from dbus_next.aio import MessageBus
 from boxd import __version__, config, errors, log, podman
 from boxd.authz import Authorizer
 from boxd.bus.dispatch import Dispatcher
-from boxd.bus.service import BUS_NAME, BoxdService
+from boxd.bus.service import BoxdService
 from boxd.manager import BoxManager
+from boxd.paths import BUS_NAME
 
 _log = log.get("boxd.daemon")
 

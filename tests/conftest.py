@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import bed
-from boxd.bus.service import box_path
+from boxd.paths import box_path
 
 RUN_ROOT = Path(os.environ.get("BOXD_TEST_ROOT", "/var/tmp/boxd-test"))
 RUN_DIR = Path("/run/boxd-test")

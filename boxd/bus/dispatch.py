@@ -23,6 +23,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface
 
 from boxd import errors, log
+from boxd.paths import describe_missing
 
 ERROR_PREFIX = "io.github.boxd1.Error."
 _log = log.get("boxd.bus")
@@ -70,9 +71,8 @@ class Dispatcher:
             return False
         entry = self._objects.get((msg.path, msg.interface))
         if entry is None:
-            self._reply(msg, Message.new_error(
-                msg, ERROR_PREFIX + "NotFound",
-                f"there is no object {msg.path} with that interface"))
+            self._reply(msg, Message.new_error(msg, ERROR_PREFIX + "NotFound",
+                                               describe_missing(msg.path)))
             return True
         interface, methods = entry
         method = methods.get(msg.member)

@@ -13,36 +13,15 @@ from boxd.authz import Authorizer
 from boxd.bus.dispatch import Dispatcher, current_caller
 from boxd.errors import AccessDenied, InvalidArgument
 from boxd.manager import BoxInfo, BoxManager
+from boxd.paths import MANAGER_PATH, SESSION_PATH_PREFIX, box_path
 from boxd.sessions import Session
 
-BUS_NAME = "io.github.boxd1"
-MANAGER_PATH = "/io/github/boxd1"
-BOX_PATH_PREFIX = "/io/github/boxd1/box/"
-SESSION_PATH_PREFIX = "/io/github/boxd1/session/"
 SESSION_INTERFACE = "io.github.boxd1.Session"
 # A finished session stays on the bus this long for a late Wait(), unless its caller leaves.
 SESSION_LINGER = 60.0
 
 # CreateBox / Configure options and the D-Bus type each must have.
 _OPTION_TYPES = {"home": "s", "hostname": "s", "volumes": "as", "env": "a{ss}"}
-
-
-def escape_path_label(text: str) -> str:
-    """Escape a name into one object-path element the way systemd does (_xx for other bytes)."""
-    if not text:
-        return "_"
-    out = []
-    for i, byte in enumerate(text.encode()):
-        char = chr(byte)
-        if (char.isascii() and char.isalnum() and not (i == 0 and char.isdigit())):
-            out.append(char)
-        else:
-            out.append(f"_{byte:02x}")
-    return "".join(out)
-
-
-def box_path(name: str) -> str:
-    return BOX_PATH_PREFIX + escape_path_label(name)
 
 
 def unpack_options(options: dict[str, Variant]) -> dict[str, Any]:
