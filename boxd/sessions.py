@@ -217,7 +217,7 @@ class SessionManager:
         if stdin is None:
             return
         try:
-            while data := await stdin.read(65536):
+            while data := await stdin.read(1 << 20):
                 stream.writer.write(data)
                 await stream.writer.drain()
         except (ConnectionError, OSError):
@@ -236,19 +236,23 @@ class SessionManager:
         if session.tty:
             if stream.initial:
                 await _write(out, stream.initial)
-            while data := await stream.reader.read(65536):
+            while data := await stream.reader.read(1 << 20):
                 await _write(out, data)
             return
         buffer = bytearray(stream.initial)
         while True:
-            while len(buffer) >= _FRAME.size:
-                kind, length = _FRAME.unpack_from(buffer)
-                if len(buffer) < _FRAME.size + length:
+            view = memoryview(buffer)
+            offset = 0
+            while len(buffer) - offset >= _FRAME.size:
+                kind, length = _FRAME.unpack_from(buffer, offset)
+                end = offset + _FRAME.size + length
+                if len(buffer) < end:
                     break
-                payload = bytes(buffer[_FRAME.size:_FRAME.size + length])
-                del buffer[:_FRAME.size + length]
-                await _write(err if kind == 2 else out, payload)
-            data = await stream.reader.read(1 << 18)
+                await _write(err if kind == 2 else out, view[offset + _FRAME.size:end])
+                offset = end
+            view.release()
+            del buffer[:offset]  # one move per read, not one per frame
+            data = await stream.reader.read(1 << 20)
             if not data:
                 return
             buffer += data
@@ -263,7 +267,7 @@ class SessionManager:
         return UNKNOWN_STATUS
 
 
-async def _write(target: FdStream | None, data: bytes) -> None:
+async def _write(target: FdStream | None, data: bytes | memoryview) -> None:
     if target is None or target.closed:
         return
     try:
