@@ -1,29 +1,80 @@
-"""Who may do what. System mode: the owner of a box, or root. Session mode: the session's user.
-
-Caller identity always comes from the bus (see boxd.bus.dispatch), never from arguments.
+"""Who may do what. The caller's identity always comes from the bus (see boxd.bus.dispatch), never
+from arguments. Root may do anything; in system mode everyone else is asked about through polkit
+(actions io.github.boxd1.*, with details rules can use); session mode serves only its own user.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
+from boxd import log
 from boxd.errors import AccessDenied
+
+_log = log.get("boxd.authz")
+
+CREATE_BOX = "io.github.boxd1.create-box"
+MANAGE_OWN_BOX = "io.github.boxd1.manage-own-box"
+SPAWN_OWN_BOX = "io.github.boxd1.spawn-own-box"
+SPAWN_AS_ROOT = "io.github.boxd1.spawn-as-root"
+MANAGE_ANY_BOX = "io.github.boxd1.manage-any-box"
+MANAGE_IMAGES = "io.github.boxd1.manage-images"
 
 
 @dataclass(frozen=True)
+class Caller:
+    sender: str             # unique bus name
+    uid: int
+    pid: int
+    allow_interactive: bool  # the call carried ALLOW_INTERACTIVE_AUTHORIZATION
+
+
+class PolicyChecker(Protocol):
+    async def check(self, sender: str, action: str, details: dict[str, str],
+                    interactive: bool) -> bool: ...
+
+
 class Authorizer:
-    mode: str
-    daemon_uid: int
+    def __init__(self, mode: str, daemon_uid: int, policy: PolicyChecker | None) -> None:
+        self.mode = mode
+        self.daemon_uid = daemon_uid
+        self._policy = policy
 
-    def can_see(self, caller_uid: int, owner_uid: int) -> bool:
+    async def require(self, caller: Caller, action: str, details: dict[str, str],
+                      what: str) -> None:
+        """Raise AccessDenied unless the caller may do `action`; `what` completes
+        'you are not allowed to ...'."""
         if self.mode == "session":
-            return caller_uid == self.daemon_uid
-        return caller_uid in (0, owner_uid)
+            if caller.uid != self.daemon_uid:
+                raise AccessDenied("this boxd serves only the user who runs it")
+            return
+        if caller.uid == 0:
+            return
+        if self._policy is None:
+            raise AccessDenied(f"you are not allowed to {what}: boxd has no polkit to ask")
+        allowed = await self._policy.check(caller.sender, action, details,
+                                           caller.allow_interactive)
+        _log.info("authorization", caller_uid=caller.uid, action=action, allowed=allowed,
+                  box=details.get("box"))
+        if not allowed:
+            raise AccessDenied(f"you are not allowed to {what}")
 
-    def check_box(self, caller_uid: int, owner_uid: int, box: str) -> None:
-        if not self.can_see(caller_uid, owner_uid):
-            raise AccessDenied(f"box {box!r} belongs to another user")
+    async def require_box(self, caller: Caller, owner: int, box: str, own_action: str,
+                          what: str, extra: dict[str, str] | None = None) -> None:
+        """Own boxes need `own_action`; anyone else's box needs manage-any-box as well."""
+        details = {"box": box, "owner": str(owner), **(extra or {})}
+        if caller.uid != owner and self.mode == "system" and caller.uid != 0:
+            await self.require(caller, MANAGE_ANY_BOX, details,
+                               f"{what} box {box!r}, which belongs to another user")
+        await self.require(caller, own_action, details, f"{what} box {box!r}")
 
-    def check_create(self, caller_uid: int) -> None:
-        if self.mode == "session" and caller_uid != self.daemon_uid:
-            raise AccessDenied("this boxd serves only the user who runs it")
+    async def sees_all(self, caller: Caller) -> bool:
+        """May this caller see every user's boxes? Asked without interaction."""
+        if self.mode == "session" or caller.uid == 0:
+            return True
+        if self._policy is None:
+            return False
+        return await self._policy.check(caller.sender, MANAGE_ANY_BOX, {}, False)
+
+    def sees(self, caller: Caller, owner: int, sees_all: bool) -> bool:
+        return sees_all or caller.uid == owner

@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from dbus_next import BusType, NameFlag, RequestNameReply
-from dbus_next.aio import MessageBus
 
 from boxd import __version__, config, errors, log, podman
 from boxd.authz import Authorizer
-from boxd.bus.dispatch import Dispatcher
+from boxd.bus.dispatch import BoxdBus, Dispatcher
 from boxd.bus.service import BoxdService
 from boxd.manager import BoxManager
 from boxd.paths import BUS_NAME
+from boxd.polkit import Polkit
 
 _log = log.get("boxd.daemon")
 
@@ -58,10 +58,10 @@ def effective_config(args: argparse.Namespace) -> config.Config:
 
 async def serve(cfg: config.Config) -> int:
     if cfg.bus_address:
-        bus = MessageBus(bus_address=cfg.bus_address, negotiate_unix_fd=True)
+        bus = BoxdBus(bus_address=cfg.bus_address, negotiate_unix_fd=True)
     else:
         bus_type = BusType.SYSTEM if cfg.mode == "system" else BusType.SESSION
-        bus = MessageBus(bus_type=bus_type, negotiate_unix_fd=True)
+        bus = BoxdBus(bus_type=bus_type, negotiate_unix_fd=True)
     try:
         await bus.connect()
     except OSError as exc:
@@ -69,7 +69,8 @@ async def serve(cfg: config.Config) -> int:
         return 1
     client = podman.PodmanClient(cfg.podman_socket, timeout=cfg.podman_timeout)
     manager = BoxManager(cfg, client)
-    service = BoxdService(Dispatcher(bus), manager, Authorizer(cfg.mode, os.getuid()),
+    policy = Polkit(bus) if cfg.mode == "system" else None
+    service = BoxdService(Dispatcher(bus), manager, Authorizer(cfg.mode, os.getuid(), policy),
                           cfg.default_image)
     await service.watch_callers()
     follower = asyncio.create_task(manager.run(service.podman_changed))

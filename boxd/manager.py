@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import time
 from collections.abc import Callable
@@ -21,12 +22,15 @@ from typing import Any, Protocol
 from boxd import boxconf, errors, log, podman
 from boxd.config import Config
 from boxd.model import (
+    DENIED_ENV,
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_VERSION,
     BoxSettings,
     Owner,
+    Volume,
     box_hostname,
+    check_volume_source,
     container_spec,
     validate_image,
     validate_name,
@@ -150,9 +154,7 @@ class BoxManager:
         image = validate_image(image or self._config.default_image)
         settings = BoxSettings().updated(options)
         owner = self._owner_lookup(owner_uid)
-        home = settings.home or owner.home
-        if not os.path.isdir(home):
-            raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
+        self._check_settings(settings, owner)
         async with self._lock(name):
             if name in self._boxes:
                 raise errors.AlreadyExists(f"a box named {name!r} exists already")
@@ -243,15 +245,13 @@ class BoxManager:
             raise errors.InvalidArgument("the hostname of a box is set when it is created")
         async with self._lock(name):
             settings = self.settings(name).updated(changes)
-            home = settings.home or self._owner_lookup(self.get(name).owner).home
-            if not os.path.isdir(home):
-                raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
+            self._check_settings(settings, self._owner_lookup(self.get(name).owner))
             self._write_settings(name, settings)
             return settings
 
     async def spawn(self, name: str, *, caller_uid: int, caller_sender: str, argv: list[str],
                     cwd: str, env: dict[str, str], fds: dict[int, int], tty: bool,
-                    login_shell: bool) -> Session:
+                    login_shell: bool, as_root: bool = False) -> Session:
         """Run a command (or the login shell) in a box as its owner, starting the box if needed.
         `fds` are boxd's own duplicates of the caller's fds; the session owns them from here."""
         try:
@@ -262,12 +262,15 @@ class BoxManager:
             owner = self._owner_lookup(box.owner)
             settings = self.settings(name)
             home = settings.home or owner.home
-            full_env = {**settings.env, "HOME": home, "USER": owner.user,
-                        "LOGNAME": owner.user, **env}
+            if as_root:
+                user, home, login = "0:0", "/root", "root"
+            else:
+                user, login = f"{owner.uid}:{owner.gid}", owner.user
+            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login, **env}
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=dict(fds),
-                                   user=f"{owner.uid}:{owner.gid}", home=home, tty=tty,
+                                   user=user, home=home, tty=tty,
                                    login_shell=login_shell)
             fds = {}  # handed over
             with self._podman_errors():
@@ -276,6 +279,18 @@ class BoxManager:
             for fd in fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def _check_settings(self, settings: BoxSettings, owner: Owner) -> None:
+        home = settings.home or owner.home
+        if not os.path.isdir(home):
+            raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
+        if self._config.mode != "system":
+            return  # a session daemon's boxes can reach only what its user can anyway
+        homes = {e.pw_uid: e.pw_dir for e in pwd.getpwall()}
+        if settings.home:
+            check_volume_source(Volume(settings.home, settings.home), owner, homes)
+        for volume in settings.volumes:
+            check_volume_source(volume, owner, homes)
 
     # -- readiness -----------------------------------------------------------------------------
     async def _await_ready(self, name: str, token: str, since: int) -> None:
@@ -466,3 +481,5 @@ def _check_command(argv: list[str], cwd: str, env: dict[str, str], login_shell: 
     for key, value in env.items():
         if not key or "=" in key or "\0" in key or "\0" in value or not key.isprintable():
             raise errors.InvalidArgument(f"invalid environment variable name {key[:40]!r}")
+        if key in DENIED_ENV:
+            raise errors.InvalidArgument(f"{key} may not be set through boxd")

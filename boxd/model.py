@@ -7,6 +7,7 @@ boxd's state dir and reach the box through the entry point at every start, never
 from __future__ import annotations
 
 import dataclasses
+import os
 import pwd
 import re
 from collections.abc import Mapping
@@ -151,8 +152,38 @@ class BoxSettings:
                     raise InvalidArgument(f"invalid environment variable name {_show(key)}")
                 if not isinstance(value, str) or "\0" in value or len(value) > _MAX_VALUE:
                     raise InvalidArgument(f"invalid value for environment variable {key}")
+                if key in DENIED_ENV:
+                    raise InvalidArgument(f"{key} may not be set through boxd")
             values["env"] = dict(env)
         return dataclasses.replace(self, **values)
+
+
+# Host paths no box may have bound in, whoever asks: system config and secrets, the runtime dir
+# with podman's and the bus's sockets, kernel interfaces, and the state of podman and boxd.
+DENIED_SOURCES = ("/etc", "/root", "/run", "/var/run", "/proc", "/sys", "/dev", "/boot",
+                  "/var/lib", "/var/log", "/usr/lib/polkit-1")
+# Loader variables that would make programs in a box run code nobody asked for.
+DENIED_ENV = frozenset({"LD_PRELOAD", "LD_AUDIT"})
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def check_volume_source(volume: Volume, owner: Owner, homes: Mapping[int, str]) -> None:
+    """System mode: a box may bind host paths its owner could use anyway, not another user's
+    home nor the host's secrets and sockets. `homes` maps uids to home directories. Symlinks
+    are resolved first, so a link in the owner's home cannot point elsewhere."""
+    real = os.path.realpath(volume.source)
+    if not os.path.exists(real):
+        raise InvalidArgument(f"volume source {volume.source} does not exist on the host")
+    if real == "/" or any(_within(real, top) for top in DENIED_SOURCES):
+        raise InvalidArgument(f"volume source {volume.source} is off limits for boxes "
+                              "(system files, secrets or sockets)")
+    for uid, home in homes.items():
+        if uid != owner.uid and home not in ("/", "") and _within(real, home) \
+                and not _within(owner.home, home):
+            raise InvalidArgument(f"volume source {volume.source} is in another user's home")
 
 
 def _expect(value: Any, kind: type, what: str) -> Any:

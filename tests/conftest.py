@@ -33,7 +33,7 @@ class Boxd:
         return self.bus.address
 
     def call(self, path: str, interface: str, member: str, signature: str = "",
-             args: list | None = None, user: str | None = None) -> dict:
+             args: list | None = None, user: str | None = None, repeat: int = 1) -> dict:
         """Call through the real bus as `user` (a real account) or root; returns body or error."""
         encoded = json.dumps(args or [])
         with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
@@ -47,19 +47,34 @@ class Boxd:
             if user is not None:
                 argv = ["runuser", "-u", user, "--", *argv]
             script = (bed.REPO / "tests" / "bed" / "call.py").read_bytes()
-            result = subprocess.run(argv, input=script, capture_output=True, timeout=120)
+            result = subprocess.run(argv, input=script, capture_output=True, timeout=300,
+                                    env={**os.environ, "BOXD_CALL_REPEAT": str(repeat)})
         assert result.returncode == 0, result.stderr.decode()
         return json.loads(result.stdout)
 
     def manager(self, member: str, signature: str = "", args: list | None = None,
-                user: str | None = None) -> dict:
+                user: str | None = None, repeat: int = 1) -> dict:
         return self.call("/io/github/boxd1", "io.github.boxd1.Manager", member, signature, args,
-                         user)
+                         user, repeat)
 
     def box(self, name: str, member: str, signature: str = "", args: list | None = None,
-            user: str | None = None) -> dict:
+            user: str | None = None, repeat: int = 1) -> dict:
         return self.call(box_path(name), "io.github.boxd1.Box", member,
-                         signature, args, user)
+                         signature, args, user, repeat)
+
+    def listen(self, user: str, seconds: float) -> subprocess.Popen[bytes]:
+        """A process of `user` that collects boxd's signals for `seconds` (tests/bed/listen.py);
+        returns once it is listening."""
+        script = (bed.REPO / "tests" / "bed" / "listen.py").read_text()
+        proc = subprocess.Popen(["runuser", "-u", user, "--", sys.executable, "-c", script,
+                                 self.address, str(seconds)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert b'"ready"' in proc.stdout.readline()
+        return proc
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.daemon.proc.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
     def busctl(self, *args: str, user: str | None = None, check: bool = True
                ) -> subprocess.CompletedProcess[str]:
@@ -82,6 +97,7 @@ def boxd_bed() -> Iterator[Boxd]:
     shutil.rmtree(RUN_ROOT, ignore_errors=True)
     podman = bed.Podman(RUN_ROOT / "podman", RUN_DIR)
     bus = bed.Bus(RUN_ROOT / "bus")
+    polkit = bed.Polkit(bus.address)
     daemon = bed.Daemon(RUN_ROOT / "boxd", bus.address, podman.socket,
                         extra_config={"subid_base": 1_500_000_000})
     try:
@@ -89,6 +105,7 @@ def boxd_bed() -> Iterator[Boxd]:
         podman.import_image(bed.ensure_rootfs("debian"), bed.DEBIAN_IMAGE)
         podman.import_image(bed.ensure_rootfs("busybox"), bed.BUSYBOX_IMAGE)
         bus.start()
+        polkit.start()
         daemon.start()
         yield Boxd(podman, bus, daemon)
     finally:
@@ -97,18 +114,32 @@ def boxd_bed() -> Iterator[Boxd]:
         if podman.proc is not None:
             bed.remove_all_containers(podman)
         podman.stop()
+        polkit.stop()
         bus.stop()
         print("\n--- boxd log tail ---\n" + daemon_log)
 
 
 @pytest.fixture(scope="session")
 def alice() -> dict:
-    return bed.ensure_user("boxd-alice", 2101)
+    """A user in the group boxd: polkit (per polkit/50-io.github.boxd1.rules) lets her use boxd."""
+    return bed.ensure_user("boxd-alice", 2101, groups=("boxd",))
 
 
 @pytest.fixture(scope="session")
 def bob() -> dict:
-    return bed.ensure_user("boxd-bob", 2102)
+    return bed.ensure_user("boxd-bob", 2102, groups=("boxd",))
+
+
+@pytest.fixture(scope="session")
+def admin() -> dict:
+    """A box administrator: member of boxd-admin."""
+    return bed.ensure_user("boxd-admin1", 2103, groups=("boxd-admin",))
+
+
+@pytest.fixture(scope="session")
+def carol() -> dict:
+    """A user outside boxd's groups, in no active local session: polkit says auth_admin."""
+    return bed.ensure_user("boxd-carol", 2104)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
-"""Method dispatch for boxd's own interfaces, in front of dbus-next's.
+"""Method dispatch for boxd's objects, in front of dbus-next's.
 
 dbus-next hands high-level methods their arguments but not the message, so it cannot say who is
 calling, and it sends Python tracebacks to callers when a method raises. This dispatcher takes the
-calls to io.github.boxd1.* interfaces first (through dbus-next's public message-handler hook),
-resolves the sender's credentials from the bus, runs the method with the caller in a context
-variable, and turns every failure into a named io.github.boxd1.Error.* with one plain sentence.
+calls to boxd's objects first (through dbus-next's public message-handler hook), resolves the
+sender's credentials from the bus, runs the method with the caller in a context variable, and
+turns every failure into a named io.github.boxd1.Error.* with one plain sentence. It also serves
+Properties and GetManagedObjects itself, so that reading a box's details is authorized like any
+other call, and it keeps dbus-next from broadcasting objects to everyone on the bus.
 """
 
 from __future__ import annotations
@@ -15,26 +17,19 @@ import contextvars
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_next import Message, MessageFlag, MessageType
+from dbus_next import Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface
 
 from boxd import errors, log
+from boxd.authz import Caller
 from boxd.paths import describe_missing
 
 ERROR_PREFIX = "io.github.boxd1.Error."
 _log = log.get("boxd.bus")
-
-
-@dataclass(frozen=True)
-class Caller:
-    sender: str
-    uid: int
-    pid: int
-    allow_interactive: bool
 
 
 _current: contextvars.ContextVar[Caller] = contextvars.ContextVar("boxd_caller")
@@ -45,6 +40,24 @@ def current_caller() -> Caller:
     return _current.get()
 
 
+PROPERTIES = "org.freedesktop.DBus.Properties"
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+# An extra handler: (caller, message) -> (reply signature, reply body)
+Handler = Callable[[Caller, Message], Awaitable[tuple[str, list[Any]]]]
+
+
+class BoxdBus(MessageBus):
+    """dbus-next announces every exported object to the whole bus (and from the object's own
+    path, not the ObjectManager's). boxd sends its own ObjectManager signals, and only to those
+    who may see the object, so dbus-next's are switched off."""
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        pass
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        pass
+
+
 class Dispatcher:
     def __init__(self, bus: MessageBus, interface_prefix: str = "io.github.boxd1.") -> None:
         self.bus = bus
@@ -53,21 +66,43 @@ class Dispatcher:
         self._objects: dict[tuple[str, str], tuple[ServiceInterface, dict[str, Any]]] = {}
         self._credentials: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._extra: dict[tuple[str, str], Handler] = {}
+        self._paths: dict[str, int] = {}  # exported path -> how many of our interfaces
         bus.add_message_handler(self._on_message)
+
+    def handle(self, interface: str, member: str, handler: Handler) -> None:
+        """Serve a standard method (e.g. GetManagedObjects) with the caller known."""
+        self._extra[(interface, member)] = handler
+
+    def known_callers(self) -> dict[str, int]:
+        """Connections that have called boxd and are still on the bus: sender -> uid."""
+        return {sender: uid for sender, (uid, _pid) in self._credentials.items()}
 
     def export(self, path: str, interface: ServiceInterface) -> None:
         methods = {m.name: m for m in ServiceInterface._get_methods(interface) if not m.disabled}
         self._objects[(path, interface.name)] = (interface, methods)
+        self._paths[path] = self._paths.get(path, 0) + 1
         self.bus.export(path, interface)
 
     def unexport(self, path: str, interface: ServiceInterface) -> None:
-        self._objects.pop((path, interface.name), None)
+        if self._objects.pop((path, interface.name), None) is not None:
+            self._paths[path] -= 1
+            if not self._paths[path]:
+                del self._paths[path]
         self.bus.unexport(path, interface)
 
     def _on_message(self, msg: Message) -> bool:
-        if msg.message_type != MessageType.METHOD_CALL or not (msg.interface or "").startswith(
-            self._prefix
-        ):
+        if msg.message_type != MessageType.METHOD_CALL:
+            return False
+        interface_name = msg.interface or ""
+        extra = self._extra.get((interface_name, msg.member))
+        if extra is not None:
+            self._start(self._serve_extra(msg, extra))
+            return True
+        if interface_name == PROPERTIES and msg.path in self._paths:
+            self._start(self._serve_properties(msg))
+            return True
+        if not interface_name.startswith(self._prefix):
             return False
         entry = self._objects.get((msg.path, msg.interface))
         if entry is None:
@@ -86,18 +121,79 @@ class Dispatcher:
                 f"{msg.member} takes arguments of type ({method.in_signature}), "
                 f"not ({msg.signature})"))
             return True
-        task = asyncio.get_running_loop().create_task(self._serve(msg, interface, method))
+        self._start(self._serve(msg, interface, method))
+        return True
+
+    def _start(self, coro: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
+
+    async def _caller(self, msg: Message) -> Caller:
+        uid, pid = await self._sender_credentials(msg.sender)
+        caller = Caller(msg.sender, uid, pid,
+                        bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION))
+        _current.set(caller)
+        return caller
+
+    async def _serve_extra(self, msg: Message, handler: Handler) -> None:
+        async def run() -> Message:
+            signature, body = await handler(await self._caller(msg), msg)
+            return Message.new_method_return(msg, signature, body)
+
+        await self._answer(msg, run)
+
+    async def _serve_properties(self, msg: Message) -> None:
+        """Get/GetAll/Set on boxd's interfaces; reading asks the object's authorize_read."""
+
+        async def run() -> Message:
+            caller = await self._caller(msg)
+            name = msg.body[0] if msg.body and isinstance(msg.body[0], str) else ""
+            entry = self._objects.get((msg.path, name))
+            if entry is None:
+                raise errors.InvalidArgument(f"{msg.path} has no interface {name!r}")
+            interface = entry[0]
+            authorize = getattr(interface, "authorize_read", None)
+            if authorize is not None:
+                await authorize(caller)
+            props = {p.name: p for p in ServiceInterface._get_properties(interface)
+                     if not p.disabled}
+            if msg.member == "Get" and msg.signature == "ss":
+                prop = props.get(msg.body[1])
+                if prop is None:
+                    raise errors.InvalidArgument(f"{msg.body[0]} has no property {msg.body[1]}")
+                return Message.new_method_return(
+                    msg, "v", [Variant(prop.signature, getattr(interface, prop.name))])
+            if msg.member == "GetAll" and msg.signature == "s":
+                values = {n: Variant(p.signature, getattr(interface, n)) for n, p in props.items()}
+                return Message.new_method_return(msg, "a{sv}", [values])
+            if msg.member == "Set":
+                raise errors.AccessDenied("boxd's properties are read-only")
+            raise errors.InvalidArgument(f"Properties.{msg.member} with ({msg.signature}) "
+                                         "is not a call boxd knows")
+
+        await self._answer(msg, run)
+
+    async def _answer(self, msg: Message, run: Callable[[], Awaitable[Message]]) -> None:
+        started = time.monotonic()
+        try:
+            reply = await run()
+        except errors.BoxdError as exc:
+            reply = Message.new_error(msg, ERROR_PREFIX + exc.code, exc.message)
+            _log.info("call_failed", method=msg.member, path=msg.path, error=exc.code,
+                      message=exc.message,
+                      duration_ms=round((time.monotonic() - started) * 1000, 1))
+        except Exception:
+            _log.exception("call_crashed", method=msg.member, path=msg.path)
+            reply = Message.new_error(msg, ERROR_PREFIX + "Internal",
+                                      "boxd hit an internal error; the daemon's log has details")
+        self._reply(msg, reply)
 
     async def _serve(self, msg: Message, interface: ServiceInterface, method: Any) -> None:
         started = time.monotonic()
         uid = -1
         try:
-            uid, pid = await self._sender_credentials(msg.sender)
-            _current.set(Caller(msg.sender, uid, pid,
-                                bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)))
+            uid = (await self._caller(msg)).uid
             try:
                 args = ServiceInterface._msg_body_to_args(msg)
             except (IndexError, TypeError):

@@ -8,8 +8,8 @@ from typing import Any
 from dbus_next import Message, MessageType, Variant
 from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
-from boxd import __version__
-from boxd.authz import Authorizer
+from boxd import __version__, authz
+from boxd.authz import Authorizer, Caller
 from boxd.bus.dispatch import Dispatcher, current_caller
 from boxd.errors import AccessDenied, InvalidArgument
 from boxd.manager import BoxInfo, BoxManager
@@ -38,7 +38,7 @@ def unpack_options(options: dict[str, Variant]) -> dict[str, Any]:
     return values
 
 
-_SPAWN_OPTION_TYPES = {"tty": "b", "shell": "b"}
+_SPAWN_OPTION_TYPES = {"tty": "b", "shell": "b", "root": "b"}
 
 
 def unpack_spawn_options(options: dict[str, Variant]) -> dict[str, Any]:
@@ -46,7 +46,8 @@ def unpack_spawn_options(options: dict[str, Variant]) -> dict[str, Any]:
     for key, variant in options.items():
         expected = _SPAWN_OPTION_TYPES.get(key)
         if expected is None:
-            raise InvalidArgument(f"unknown spawn option {key!r}: known options are tty, shell")
+            raise InvalidArgument(f"unknown spawn option {key!r}: known options are "
+                                  "tty, shell, root")
         if variant.signature != expected:
             raise InvalidArgument(f"spawn option {key!r} must be of type {expected}, "
                                   f"not {variant.signature}")
@@ -70,6 +71,10 @@ class SessionInterface(ServiceInterface):
         if uid not in (0, self.session.caller_uid):
             raise AccessDenied("this session belongs to another caller")
         return self.session
+
+    async def authorize_read(self, caller: Caller) -> None:
+        if caller.uid not in (0, self.session.caller_uid):
+            raise AccessDenied("this session belongs to another caller")
 
     @method()
     async def Resize(self, rows: "u", cols: "u"):
@@ -108,48 +113,59 @@ class BoxInterface(ServiceInterface):
         self._service = service
         self.info = info
 
-    def _authorized_name(self) -> str:
-        self._service.authz.check_box(current_caller().uid, self.info.owner, self.info.name)
+    async def _authorized_name(self, what: str, action: str = authz.MANAGE_OWN_BOX,
+                               extra: dict[str, str] | None = None) -> str:
+        await self._service.authz.require_box(current_caller(), self.info.owner, self.info.name,
+                                              action, what, extra)
         return self.info.name
+
+    async def authorize_read(self, caller: Caller) -> None:
+        await self._service.authz.require_box(caller, self.info.owner, self.info.name,
+                                              authz.MANAGE_OWN_BOX, "see")
 
     @method()
     async def Start(self):
-        await self._service.manager.start(self._authorized_name())
+        await self._service.manager.start(await self._authorized_name("start"))
 
     @method()
     async def Stop(self):
-        await self._service.manager.stop(self._authorized_name())
+        await self._service.manager.stop(await self._authorized_name("stop"))
 
     @method()
     async def Remove(self, force: "b"):
-        await self._service.manager.remove(self._authorized_name(), force)
+        await self._service.manager.remove(await self._authorized_name("remove"), force)
 
     @method()
     async def Configure(self, changes: "a{sv}"):
-        await self._service.manager.configure(self._authorized_name(), unpack_options(changes))
+        options = unpack_options(changes)
+        await self._service.manager.configure(await self._authorized_name("configure"), options)
 
     @method()
     async def Spawn(self, cwd: "ay", argv: "aay", fds: "a{uh}", env: "a{ss}",
                     options: "a{sv}") -> "o":
         caller = current_caller()
-        name = self._authorized_name()
         if not set(fds) <= {0, 1, 2}:
             raise InvalidArgument("fds may only map 0, 1 and 2 (stdin, stdout, stderr)")
         if any(not isinstance(fd, int) for fd in fds.values()):
             raise InvalidArgument("a file descriptor index does not match the fds sent with "
                                   "the call")
         opts = unpack_spawn_options(options)
+        command = " ".join(_text(a) for a in argv)[:4096] or "<login shell>"
+        as_root = opts.get("root", False)
+        name = await self._authorized_name(
+            "run a command as root in" if as_root else "run a command in",
+            authz.SPAWN_AS_ROOT if as_root else authz.SPAWN_OWN_BOX, {"command": command})
         own_fds = {target: os.dup(fd) for target, fd in fds.items()}
         tty = opts.get("tty", 0 in own_fds and os.isatty(own_fds[0]))
         session = await self._service.manager.spawn(
             name, caller_uid=caller.uid, caller_sender=caller.sender,
             argv=[_text(a) for a in argv], cwd=_text(cwd) or "/", env=dict(env),
-            fds=own_fds, tty=tty, login_shell=opts.get("shell", False))
+            fds=own_fds, tty=tty, login_shell=opts.get("shell", False), as_root=as_root)
         return self._service.session_opened(session)
 
     @method()
     async def GetSettings(self) -> "a{sv}":
-        settings = self._service.manager.settings(self._authorized_name())
+        settings = self._service.manager.settings(await self._authorized_name("see"))
         return {"home": Variant("s", settings.home), "hostname": Variant("s", settings.hostname),
                 "volumes": Variant("as", [str(v) for v in settings.volumes]),
                 "env": Variant("a{ss}", dict(settings.env))}
@@ -183,9 +199,17 @@ class BoxInterface(ServiceInterface):
         return self.info.boxd_version
 
 
-# BoxInfo field -> Box property
+# BoxInfo field -> Box property, and each property's D-Bus type
 _PROPERTY_OF = {"name": "Name", "id": "Id", "image": "Image", "owner": "Owner", "state": "State",
                 "created": "Created", "boxd_version": "BoxdVersion"}
+_SIGNATURE_OF = {"Name": "s", "Id": "s", "Image": "s", "Owner": "u", "State": "s",
+                 "Created": "t", "BoxdVersion": "s"}
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+
+
+def _box_properties(box: BoxInfo) -> dict[str, Variant]:
+    return {prop: Variant(_SIGNATURE_OF[prop], getattr(box, field))
+            for field, prop in _PROPERTY_OF.items()}
 
 
 class ManagerInterface(ServiceInterface):
@@ -196,22 +220,23 @@ class ManagerInterface(ServiceInterface):
     @method()
     async def CreateBox(self, name: "s", image: "s", options: "a{sv}") -> "o":
         caller = current_caller()
-        self._service.authz.check_create(caller.uid)
+        await self._service.authz.require(caller, authz.CREATE_BOX,
+                                          {"box": name[:256], "image": image[:256]},
+                                          "create boxes")
         box = await self._service.manager.create(caller.uid, name, image, unpack_options(options))
         return box_path(box.name)
 
     @method()
     async def GetBox(self, name: "s") -> "o":
         box = self._service.manager.get(name)
-        self._service.authz.check_box(current_caller().uid, box.owner, box.name)
+        await self._service.authz.require_box(current_caller(), box.owner, box.name,
+                                              authz.MANAGE_OWN_BOX, "see")
         return box_path(box.name)
 
     @method()
     async def ListBoxes(self) -> "a(ossssu)":
-        uid = current_caller().uid
         return [[box_path(b.name), b.name, b.id, b.image, b.state, b.owner]
-                for b in self._service.manager.boxes()
-                if self._service.authz.can_see(uid, b.owner)]
+                for b in await self._service.visible_boxes(current_caller())]
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":
@@ -242,6 +267,32 @@ class BoxdService:
         manager.sessions.on_exit = self._session_exited
         dispatcher.export(MANAGER_PATH, self.manager_interface)
         dispatcher.bus.add_message_handler(self._on_name_owner_changed)
+        dispatcher.handle("org.freedesktop.DBus.ObjectManager", "GetManagedObjects",
+                          self._get_managed_objects)
+
+    async def visible_boxes(self, caller: Caller) -> list[BoxInfo]:
+        boxes = self.manager.boxes()
+        others = any(b.owner != caller.uid for b in boxes)
+        sees_all = others and await self.authz.sees_all(caller)
+        return [b for b in boxes if self.authz.sees(caller, b.owner, sees_all)]
+
+    async def _get_managed_objects(self, caller: Caller, msg: Message
+                                   ) -> tuple[str, list[Any]]:
+        if msg.path != MANAGER_PATH:
+            return "a{oa{sa{sv}}}", [{}]
+        objects = {box_path(b.name): {"io.github.boxd1.Box": _box_properties(b)}
+                   for b in await self.visible_boxes(caller)}
+        return "a{oa{sa{sv}}}", [objects]
+
+    def _send_private(self, owner: int, path: str, interface: str, member: str,
+                      signature: str, body: list[Any]) -> None:
+        """A signal about a box goes to the connections of its owner and of root that have
+        talked to boxd, never to the whole bus."""
+        for sender, uid in self.dispatcher.known_callers().items():
+            if uid in (owner, 0):
+                self.dispatcher.bus.send(Message(
+                    message_type=MessageType.SIGNAL, destination=sender, path=path,
+                    interface=interface, member=member, signature=signature, body=body))
 
     async def watch_callers(self) -> None:
         """Subscribe to NameOwnerChanged, to end the sessions of callers who leave the bus."""
@@ -295,24 +346,14 @@ class BoxdService:
     def podman_changed(self, available: bool) -> None:
         self.manager_interface.emit_properties_changed({"PodmanAvailable": available})
 
-    def _object_manager_signal(self, member: str, signature: str, body: list[Any]) -> None:
-        # dbus-next sends InterfacesAdded/Removed from the object's own path; the spec (and
-        # GDBus/sd-bus clients) expect them from the ObjectManager's path, so send those here.
-        self.dispatcher.bus.send(Message.new_signal(
-            MANAGER_PATH, "org.freedesktop.DBus.ObjectManager", member, signature, body))
-
     # BoxObserver
     def box_added(self, box: BoxInfo) -> None:
         interface = BoxInterface(self, box)
         self._boxes[box.name] = interface
         path = box_path(box.name)
         self.dispatcher.export(path, interface)
-        props = {"Name": Variant("s", box.name), "Id": Variant("s", box.id),
-                 "Image": Variant("s", box.image), "Owner": Variant("u", box.owner),
-                 "State": Variant("s", box.state), "Created": Variant("t", box.created),
-                 "BoxdVersion": Variant("s", box.boxd_version)}
-        self._object_manager_signal("InterfacesAdded", "oa{sa{sv}}",
-                                    [path, {interface.name: props}])
+        self._send_private(box.owner, MANAGER_PATH, OBJECT_MANAGER, "InterfacesAdded",
+                           "oa{sa{sv}}", [path, {interface.name: _box_properties(box)}])
 
     def box_changed(self, box: BoxInfo, changed: list[str]) -> None:
         interface = self._boxes.get(box.name)
@@ -322,11 +363,14 @@ class BoxdService:
         interface.info = box
         props = {_PROPERTY_OF[f]: getattr(box, f) for f in changed if f in _PROPERTY_OF}
         if props:
-            interface.emit_properties_changed(props)
+            self._send_private(box.owner, box_path(box.name), "org.freedesktop.DBus.Properties",
+                               "PropertiesChanged", "sa{sv}as",
+                               [interface.name, {k: Variant(_SIGNATURE_OF[k], v)
+                                                 for k, v in props.items()}, []])
 
     def box_removed(self, box: BoxInfo) -> None:
         interface = self._boxes.pop(box.name, None)
         if interface is not None:
             self.dispatcher.unexport(box_path(box.name), interface)
-            self._object_manager_signal("InterfacesRemoved", "oas",
-                                        [box_path(box.name), [interface.name]])
+            self._send_private(box.owner, MANAGER_PATH, OBJECT_MANAGER, "InterfacesRemoved",
+                               "oas", [box_path(box.name), [interface.name]])

@@ -156,6 +156,9 @@ class Bus:
         policy_dir = self.root / "policy.d"
         policy_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "dbus" / "io.github.boxd1.conf", policy_dir)
+        polkit_policy = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+        if polkit_policy.exists():
+            shutil.copy(polkit_policy, policy_dir)
         template = (REPO / "tests" / "bed" / "bus.conf.in").read_text()
         config = self.root / "bus.conf"
         config.write_text(template.replace("@ADDRESS@", self.address)
@@ -164,6 +167,39 @@ class Bus:
                                       "--nopidfile"], start_new_session=True)
         wait_for(lambda: (self.root / "bus.sock").exists(), 10, "dbus-daemon")
         os.chmod(self.root, 0o755)  # unprivileged test users must reach the socket
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+POLKITD = "/usr/lib/polkit-1/polkitd"
+
+
+@dataclass
+class Polkit:
+    """The real polkitd on the test bus, with boxd's shipped actions and rules installed where
+    polkitd reads them (it has no option for other directories)."""
+
+    bus_address: str
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        shutil.copy(REPO / "polkit" / "io.github.boxd1.policy", "/usr/share/polkit-1/actions/")
+        shutil.copy(REPO / "polkit" / "50-io.github.boxd1.rules", "/usr/share/polkit-1/rules.d/")
+        self.proc = subprocess.Popen(
+            [POLKITD, "--no-debug"],  # started as root, it switches to its own user
+            env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(self._owns_name, 20, "polkitd to own org.freedesktop.PolicyKit1")
+
+    def _owns_name(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"polkitd exited with {self.proc.returncode}")
+        return subprocess.run(["busctl", f"--address={self.bus_address}", "status",
+                               "org.freedesktop.PolicyKit1"], capture_output=True).returncode == 0
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -230,16 +266,22 @@ class Daemon:
             self.proc = None
 
 
-def ensure_user(name: str, uid: int, shell: str = "/bin/bash") -> dict[str, str | int]:
-    """A real unprivileged host user with a home, created if missing."""
+def ensure_user(name: str, uid: int, groups: tuple[str, ...] = (),
+                shell: str = "/bin/bash") -> dict[str, str | int]:
+    """A real unprivileged host user with a home, created if missing, in exactly `groups`
+    (besides its own)."""
     import pwd
 
+    for group in groups:
+        subprocess.run(["groupadd", "-f", group], check=True)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--uid", str(uid), "--user-group",
-                        "--shell", shell, name], check=True)
+        taken = any(e.pw_uid == uid for e in pwd.getpwall())
+        subprocess.run(["useradd", "--create-home", *([] if taken else ["--uid", str(uid)]),
+                        "--user-group", "--shell", shell, name], check=True)
         entry = pwd.getpwnam(name)
+    subprocess.run(["usermod", "-G", ",".join(groups), name], check=True)
     return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "home": entry.pw_dir}
 
 

@@ -10,6 +10,7 @@ keys, {"$fd": n} this process's fd n sent along (the value is its index), {"$idx
 
 import asyncio
 import json
+import os
 import sys
 
 from dbus_next import Message, MessageType, Variant
@@ -52,8 +53,12 @@ async def main(address, path, interface, member, signature, args):
     bus = await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
     fds = []
     body = _decode(args, fds)
-    reply = await bus.call(Message(destination="io.github.boxd1", path=path, interface=interface,
-                                   member=member, signature=signature, body=body, unix_fds=fds))
+    # BOXD_CALL_REPEAT=N makes the same call N times on one connection (bursts); the last
+    # reply is printed.
+    for _ in range(int(os.environ.get("BOXD_CALL_REPEAT", "1"))):
+        reply = await bus.call(Message(destination="io.github.boxd1", path=path,
+                                       interface=interface, member=member, signature=signature,
+                                       body=body, unix_fds=fds))
     if reply.message_type == MessageType.ERROR:
         print(json.dumps({"error": reply.error_name, "message": (reply.body or [""])[0]}))
     else:

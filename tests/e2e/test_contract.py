@@ -66,6 +66,10 @@ async def test_object_manager_and_property_signals(boxd_bed, alice):
     await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                            body=["type='signal',sender='io.github.boxd1'"]))
+    # As any ObjectManager client does first; boxd sends box signals to callers it knows.
+    await bus.call(Message(destination="io.github.boxd1", path="/io/github/boxd1",
+                           interface="org.freedesktop.DBus.ObjectManager",
+                           member="GetManagedObjects"))
     loop = asyncio.get_running_loop()
     user = alice["name"]
     try:
