@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", aliases=["ls"], help="list your boxes")
     lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.add_argument("--quiet", "-q", action="store_true", help="print only the names")
+
+    images = sub.add_parser("images", help="list the images boxes can be created from")
+    images.add_argument("--json", action="store_true", help="print JSON")
+
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=["bash"], help="the shell")
 
     for verb, text in (("start", "start boxes"), ("stop", "stop boxes")):
         cmd = sub.add_parser(verb, help=text)
@@ -96,7 +103,29 @@ class UsageError(Exception):
     pass
 
 
+BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl completion bash)
+_boxctl() {
+    local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images completion
+                                 --version --user --help" -- "$cur"))
+        return
+    fi
+    case $verb in
+    enter|start|stop|rm|remove|run)
+        COMPREPLY=($(compgen -W "$(boxctl list --quiet 2>/dev/null)" -- "$cur")) ;;
+    create)
+        COMPREPLY=($(compgen -W "--image --home --volume --env --hostname" -- "$cur")) ;;
+    esac
+}
+complete -F _boxctl boxctl
+"""
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.verb == "completion":
+        print(BASH_COMPLETION, end="")
+        return 0
     from boxd.client import BoxdClient
 
     client = BoxdClient.connect(args.user)
@@ -105,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
             client.manager("CreateBox", "ssa{sv}", (args.name, args.image, _options(args)))
             print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
         elif args.verb in ("list", "ls"):
-            _print_list(client.manager("ListBoxes")[0], args.json)
+            boxes = client.manager("ListBoxes")[0]
+            if args.quiet:
+                print("\n".join(b[1] for b in boxes))
+            else:
+                _print_list(boxes, args.json)
+        elif args.verb == "images":
+            _print_images(client.manager("ListImages")[0], args.json)
         elif args.verb in ("start", "stop"):
             for name in args.names:
                 client.box(name, args.verb.capitalize())
@@ -126,12 +161,25 @@ def run(args: argparse.Namespace) -> int:
 def _print_list(boxes: list[list[Any]], as_json: bool) -> None:
     rows = [{"name": b[1], "id": b[2][:12], "image": b[3], "state": b[4], "owner": b[5]}
             for b in boxes]
+    _print_table(rows, {"name": "NAME", "id": "ID", "image": "IMAGE", "state": "STATE",
+                        "owner": "OWNER"}, as_json)
+
+
+def _print_images(images: list[list[Any]], as_json: bool) -> None:
+    rows = [{"name": ", ".join(i[1]) or "<none>", "id": i[0].removeprefix("sha256:")[:12],
+             "size": f"{i[2] / 1e6:.0f} MB", "created": time.strftime("%Y-%m-%d",
+                                                                     time.localtime(i[3]))}
+            for i in images]
+    _print_table(rows, {"name": "IMAGE", "id": "ID", "size": "SIZE", "created": "CREATED"},
+                 as_json)
+
+
+def _print_table(rows: list[dict[str, Any]], header: dict[str, str], as_json: bool) -> None:
     if as_json:
         import json
 
         print(json.dumps(rows, indent=2))
         return
-    header = {"name": "NAME", "id": "ID", "image": "IMAGE", "state": "STATE", "owner": "OWNER"}
     widths = {k: max(len(str(r[k])) for r in [header, *rows]) for k in header}
     for row in [header, *rows]:
         print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())

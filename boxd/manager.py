@@ -54,6 +54,14 @@ class BoxInfo:
     boxd_version: str
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    names: list[str]
+    size: int
+    created: int
+
+
 class BoxObserver(Protocol):
     def box_added(self, box: BoxInfo) -> None: ...
     def box_changed(self, box: BoxInfo, changed: list[str]) -> None: ...
@@ -140,6 +148,14 @@ class BoxManager:
         if box is None:
             raise errors.NotFound(f"there is no box named {name!r}")
         return box
+
+    async def images(self) -> list[ImageInfo]:
+        with self._podman_errors():
+            entries = await self._podman.list_images()
+        return [ImageInfo(id=str(e.get("Id", "")), names=list(e.get("RepoTags") or e.get("Names")
+                                                               or []),
+                          size=max(0, int(e.get("Size") or 0)), created=_created(e.get("Created")))
+                for e in entries]
 
     def settings(self, name: str) -> BoxSettings:
         try:

@@ -1,6 +1,6 @@
 """Asks polkit (org.freedesktop.PolicyKit1 on the system bus) whether a bus caller may do an
 action. Asynchronous: the daemon keeps serving others while polkit (or a password prompt) answers.
-A polkit that is down or errs means "no"."""
+A polkit that is down or errs means "no", said as such."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from boxd import log
+from boxd.errors import AccessDenied
 
 _log = log.get("boxd.polkit")
 ALLOW_USER_INTERACTION = 1
@@ -38,9 +39,11 @@ class Polkit:
             _log.warning("polkit_timeout", action=action)
             return False
         if reply is None or reply.message_type == MessageType.ERROR:
-            _log.warning("polkit_error", action=action,
-                         error=getattr(reply, "error_name", None),
+            error = getattr(reply, "error_name", None)
+            _log.warning("polkit_error", action=action, error=error,
                          message=(reply.body or [""])[0] if reply else "")
-            return False
+            raise AccessDenied("boxd cannot ask polkit whether you may do this (polkit is not "
+                               "running or failed), so it is denied; ask an administrator to "
+                               "start polkit")
         authorized, _challenge, _details = reply.body[0]
         return bool(authorized)

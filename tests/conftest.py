@@ -23,10 +23,12 @@ RUN_DIR = Path("/run/boxd-test")
 class Boxd:
     """The running bed, and ways to call the daemon as a given real user."""
 
-    def __init__(self, podman: bed.Podman, bus: bed.Bus, daemon: bed.Daemon) -> None:
+    def __init__(self, podman: bed.Podman, bus: bed.Bus, daemon: bed.Daemon,
+                 polkit: bed.Polkit) -> None:
         self.podman = podman
         self.bus = bus
         self.daemon = daemon
+        self.polkit = polkit
 
     @property
     def address(self) -> str:
@@ -107,7 +109,7 @@ def boxd_bed() -> Iterator[Boxd]:
         bus.start()
         polkit.start()
         daemon.start()
-        yield Boxd(podman, bus, daemon)
+        yield Boxd(podman, bus, daemon, polkit)
     finally:
         daemon_log = daemon.log_tail(60)
         daemon.stop()

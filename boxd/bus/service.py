@@ -238,6 +238,10 @@ class ManagerInterface(ServiceInterface):
         return [[box_path(b.name), b.name, b.id, b.image, b.state, b.owner]
                 for b in await self._service.visible_boxes(current_caller())]
 
+    @method()
+    async def ListImages(self) -> "a(sastt)":
+        return [[i.id, i.names, i.size, i.created] for i in await self._service.manager.images()]
+
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":
         return __version__

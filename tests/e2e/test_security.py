@@ -168,3 +168,17 @@ def test_burst_of_denied_calls_and_memory_stays_flat(boxd_bed, alice_sec, bob):
     assert after - before < 4096, f"RSS grew by {after - before} KiB"
     assert boxd_bed.daemon.alive()
     assert boxd_bed.podman.inspect(alice_sec)["State"]["Status"] == "running"
+
+
+def test_polkit_down_means_denied_with_a_clear_error(boxd_bed, alice):
+    boxd_bed.polkit.stop()
+    try:
+        reply = boxd_bed.manager("CreateBox", "ssa{sv}", ["alice-nopk", "", {}],
+                                 user=alice["name"])
+        assert reply["error"] == ERR + "AccessDenied"
+        assert "cannot ask polkit" in reply["message"]
+        assert boxd_bed.daemon.alive()
+    finally:
+        boxd_bed.polkit.start()
+    reply = boxd_bed.manager("ListBoxes", user=alice["name"])
+    assert "error" not in reply

@@ -173,3 +173,34 @@ def test_spawn_bad_input(boxd_bed, alice, alice_box):
     assert boxd_bed.daemon.alive()
     fds = os.listdir(f"/proc/{boxd_bed.daemon.proc.pid}/fd")
     assert len(fds) < 40, f"the daemon leaks fds: {len(fds)} open"
+
+
+def test_run_starts_a_stopped_box_first(boxd_bed, alice):
+    user = alice["name"]
+    assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", ["alice-cold", "", {}],
+                                           user=user)
+    try:
+        result = boxctl(boxd_bed, user, "run", "alice-cold", "--", "echo", "warm-now")
+        assert (result.returncode, result.stdout) == (0, b"warm-now\n")
+        assert boxd_bed.podman.inspect("alice-cold")["State"]["Status"] == "running"
+    finally:
+        boxd_bed.box("alice-cold", "Remove", "b", [True], user=user)
+
+
+def test_boxctl_list_images_and_errors(boxd_bed, alice, alice_box):
+    user = alice["name"]
+    listed = boxctl(boxd_bed, user, "list").stdout.decode()
+    assert listed.splitlines()[0].split() == ["NAME", "ID", "IMAGE", "STATE", "OWNER"]
+    assert alice_box in listed
+    assert boxctl(boxd_bed, user, "list", "-q").stdout.decode().split() == [alice_box]
+    images = boxctl(boxd_bed, user, "images").stdout.decode()
+    assert "localhost/boxd-debian:12" in images
+    missing = boxctl(boxd_bed, user, "start", "no-such")
+    assert missing.returncode == 1
+    assert missing.stderr.decode().count("\n") == 1  # one line, with a hint
+    assert "there is no box named 'no-such'" in missing.stderr.decode()
+    assert "hint:" in missing.stderr.decode()
+    argv = [a if not a.startswith("BOXD_BUS_ADDRESS=") else "BOXD_BUS_ADDRESS=unix:path=/no"
+            for a in boxctl_argv(boxd_bed, user, "list")]
+    result = subprocess.run(argv, capture_output=True)
+    assert result.returncode == 1 and b"cannot reach boxd" in result.stderr
