@@ -60,9 +60,19 @@ if [ ! -S /run/dbus/system_bus_socket ]; then
 else
     busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null
 fi
-if [ -d "$repo/polkit" ] && ls "$repo"/polkit/*.policy >/dev/null 2>&1; then
-    install -Dm644 "$repo"/polkit/*.policy -t /usr/share/polkit-1/actions/
-    ls "$repo"/polkit/*.rules >/dev/null 2>&1 && install -Dm644 "$repo"/polkit/*.rules -t /usr/share/polkit-1/rules.d/
+
+say "polkit with boxd's actions and rules"
+install -Dm644 "$repo"/polkit/io.github.boxd1.policy -t /usr/share/polkit-1/actions/
+install -Dm644 "$repo"/polkit/50-io.github.boxd1.rules -t /usr/share/polkit-1/rules.d/
+groupadd -f boxd
+groupadd -f boxd-admin
+if ! busctl status org.freedesktop.PolicyKit1 >/dev/null 2>&1; then
+    if systemd_pid1; then
+        systemctl start polkit.service
+    else
+        setsid /usr/lib/polkit-1/polkitd --no-debug >>/var/log/boxd/polkitd.log 2>&1 &
+        for _ in $(seq 100); do busctl status org.freedesktop.PolicyKit1 >/dev/null 2>&1 && break; sleep 0.1; done
+    fi
 fi
 
 say "boxd daemon"
@@ -73,12 +83,14 @@ podman_socket: $socket
 default_image: $image
 YAML
 install -Dm644 "$repo/systemd/boxd.service" /etc/systemd/system/boxd.service
-if busctl status io.github.boxd1 >/dev/null 2>&1; then
-    echo "boxd is already running"
-elif systemd_pid1; then
+if systemd_pid1; then
     systemctl daemon-reload
-    systemctl enable --now boxd.service
+    systemctl enable boxd.service
+    systemctl restart boxd.service  # a new boxd version takes over; boxes keep running
 else
+    if pkill -f "^$venv/bin/python[0-9.]* /usr/local/bin/boxd --system"; then
+        for _ in $(seq 100); do busctl status io.github.boxd1 >/dev/null 2>&1 || break; sleep 0.1; done
+    fi
     setsid boxd --system >>/var/log/boxd/boxd.log 2>&1 &
     for _ in $(seq 100); do busctl status io.github.boxd1 >/dev/null 2>&1 && break; sleep 0.1; done
     busctl status io.github.boxd1 >/dev/null 2>&1 || { tail /var/log/boxd/boxd.log >&2; exit 1; }
@@ -99,9 +111,13 @@ if [ -z "$user" ] || [ "$user" = root ]; then
     user=boxd-demo
     id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 fi
+usermod -aG boxd "$user"  # polkit lets members of boxd use their own boxes (see polkit/)
 as_user() { runuser -u "$user" -- "$@"; }
 say "a box for $user"
-as_user boxctl list | grep -q '^box ' || as_user boxctl create box
+as_user boxctl list -q | grep -qx box || as_user boxctl create box
 as_user boxctl start box
 as_user boxctl list
+say "inside the box"
+(cd / && as_user boxctl run box -- sh -c \
+    'echo "I am $(id -un) on $(hostname), home $HOME; sudo in the box gives uid $(sudo -n id -u)"; head -1 /run/host/etc/os-release')
 say "boxd is up. As $user:  boxctl enter box   |   boxctl run box -- CMD   |   boxctl list"
