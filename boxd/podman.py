@@ -119,11 +119,7 @@ class PodmanClient:
         return (await self._request("GET", f"/containers/{name}/json")).json()
 
     async def container_exists(self, name: str) -> bool:
-        try:
-            await self._request("GET", f"/containers/{name}/exists")
-        except NotFound:
-            return False
-        return True
+        return await self._exists(f"/containers/{name}/exists")
 
     async def list_containers(self, labels: list[str] | None = None) -> list[dict[str, Any]]:
         params = {"all": "true", **_filters({"label": labels} if labels else None)}
@@ -207,8 +203,11 @@ class PodmanClient:
         return (await self._request("GET", f"/images/{ref}/json")).json()
 
     async def image_exists(self, ref: str) -> bool:
+        return await self._exists(f"/images/{ref}/exists")
+
+    async def _exists(self, path: str) -> bool:
         try:
-            await self._request("GET", f"/images/{ref}/exists")
+            await self._request("GET", path)
         except NotFound:
             return False
         return True

@@ -24,35 +24,23 @@ SESSION_LINGER = 60.0
 _OPTION_TYPES = {"home": "s", "hostname": "s", "volumes": "as", "env": "a{ss}"}
 
 
-def unpack_options(options: dict[str, Variant]) -> dict[str, Any]:
+def unpack_options(options: dict[str, Variant],
+                   types: dict[str, str] = _OPTION_TYPES, what: str = "option") -> dict[str, Any]:
+    """a{sv} options -> plain values, each checked against the one D-Bus type it may have."""
     values = {}
     for key, variant in options.items():
-        expected = _OPTION_TYPES.get(key)
+        expected = types.get(key)
         if expected is None:
-            raise InvalidArgument(f"unknown option {key!r}: known options are "
-                                  + ", ".join(sorted(_OPTION_TYPES)))
+            raise InvalidArgument(f"unknown {what} {key!r}: known options are "
+                                  + ", ".join(sorted(types)))
         if variant.signature != expected:
-            raise InvalidArgument(f"option {key!r} must be of type {expected}, "
+            raise InvalidArgument(f"{what} {key!r} must be of type {expected}, "
                                   f"not {variant.signature}")
         values[key] = variant.value
     return values
 
 
 _SPAWN_OPTION_TYPES = {"tty": "b", "shell": "b", "root": "b"}
-
-
-def unpack_spawn_options(options: dict[str, Variant]) -> dict[str, Any]:
-    values = {}
-    for key, variant in options.items():
-        expected = _SPAWN_OPTION_TYPES.get(key)
-        if expected is None:
-            raise InvalidArgument(f"unknown spawn option {key!r}: known options are "
-                                  "tty, shell, root")
-        if variant.signature != expected:
-            raise InvalidArgument(f"spawn option {key!r} must be of type {expected}, "
-                                  f"not {variant.signature}")
-        values[key] = variant.value
-    return values
 
 
 def _text(raw: bytes) -> str:
@@ -149,7 +137,7 @@ class BoxInterface(ServiceInterface):
         if any(not isinstance(fd, int) for fd in fds.values()):
             raise InvalidArgument("a file descriptor index does not match the fds sent with "
                                   "the call")
-        opts = unpack_spawn_options(options)
+        opts = unpack_options(options, _SPAWN_OPTION_TYPES, "spawn option")
         command = " ".join(_text(a) for a in argv)[:4096] or "<login shell>"
         as_root = opts.get("root", False)
         name = await self._authorized_name(
