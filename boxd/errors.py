@@ -51,5 +51,9 @@ class Busy(BoxdError):
     code = "Busy"
 
 
+class LimitReached(BoxdError):
+    code = "LimitReached"
+
+
 class ConfigError(BoxdError):
     code = "ConfigError"

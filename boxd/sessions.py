@@ -148,7 +148,7 @@ class SessionManager:
         streams: dict[int, FdStream] = {}
         try:
             if self.count(caller_uid) >= self._max_per_user:
-                raise errors.Busy(f"you have {self._max_per_user} sessions open already; "
+                raise errors.LimitReached(f"you have {self._max_per_user} sessions open already; "
                                   "close one first")
             for target, fd in request.fds.items():
                 streams[target] = FdStream(fd, writable=target != 0)
