@@ -176,8 +176,8 @@ class BoxManager:
                 raise errors.AlreadyExists(f"a box named {name!r} exists already")
             owned = sum(1 for b in self._boxes.values() if b.owner == owner.uid)
             if owned >= self._config.max_boxes_per_user:
-                raise errors.LimitReached(f"you have {owned} boxes already, the most this host allows; "
-                                  "remove one first")
+                raise errors.LimitReached(f"you have {owned} boxes already, the most this host "
+                                          "allows; remove one first")
             with self._podman_errors():
                 if await self._podman.container_exists(name):
                     raise errors.AlreadyExists(

@@ -148,8 +148,8 @@ class SessionManager:
         streams: dict[int, FdStream] = {}
         try:
             if self.count(caller_uid) >= self._max_per_user:
-                raise errors.LimitReached(f"you have {self._max_per_user} sessions open already; "
-                                  "close one first")
+                raise errors.LimitReached(f"you have {self._max_per_user} sessions open "
+                                          "already; close one first")
             for target, fd in request.fds.items():
                 streams[target] = FdStream(fd, writable=target != 0)
             height, width = _window_size(streams.get(0)) if request.tty else (0, 0)
