@@ -6,4 +6,6 @@ bash "$repo/scripts/install-deps.sh"
 if ! command -v toolbox >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman-toolbox
 fi
-exec "${BOXD_VENV:-/opt/boxd-venv}/bin/python" "$repo/bench/run.py" "$@"
+venv=${BOXD_VENV:-/opt/boxd-venv}
+"$venv/bin/python" -c "import matplotlib" 2>/dev/null || "$venv/bin/pip" install -q matplotlib
+exec "$venv/bin/python" "$repo/bench/run.py" "$@"
