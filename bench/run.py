@@ -350,7 +350,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _fmt(value: float, unit: str) -> str:
-    return f"{value * 1000:.1f} ms" if unit == "s" else f"{value:.0f} {unit}"
+    if unit != "s":
+        return f"{value:.0f} {unit}"
+    return f"{value * 1e6:.0f} µs" if value < 0.001 else f"{value * 1000:.1f} ms"
 
 
 def main() -> None:

@@ -207,13 +207,35 @@ apply_box_config() {
 }
 
 write_profile() {
-    cat >/etc/profile.d/boxd.sh.new <<EOF
+    printf 'name=%s\nboxd_version=%s\n' "$BOXD_NAME" "$BOXD_VERSION" >/run/.boxdenv
+    # Login shells in the box read this: the box's name in the prompt, and the container
+    # sequences VTE terminals (Ptyxis, GNOME Terminal) use to know a tab is inside a box.
+    cat >/etc/profile.d/boxd.sh.new <<'EOF'
 # Written by boxd at every start of this box; changes here are lost.
-export BOXD_BOX='$BOXD_NAME'
-export container="\${container:-oci}"
+BOXD_BOX=$(sed -n 's/^name=//p' /run/.boxdenv 2>/dev/null)
+export BOXD_BOX
+export container="${container:-oci}"
+case $- in
+*i*)
+    if [ -t 1 ] && [ -n "${VTE_VERSION:-}${BOXD_TERMINAL_SEQUENCES:-}" ]; then
+        printf '\033]777;container;push;%s;boxd;%s\033\\' "$BOXD_BOX" "$(id -u)"
+        printf '\033]3008;start=boxd-%s;type=container;container=%s\033\\' "$$" "$BOXD_BOX"
+        boxd_leave() {
+            printf '\033]3008;end=boxd-%s\033\\' "$$"
+            printf '\033]777;container;pop;;;%s\033\\' "$(id -u)"
+        }
+        trap boxd_leave EXIT
+    fi
+    if [ -n "${BASH_VERSION:-}" ]; then
+        # ~/.bashrc sets PS1 after this file: mark the prompt before each showing instead.
+        PROMPT_COMMAND='case "$PS1" in "⬢ "*) ;; *) PS1="⬢ $PS1" ;; esac'"${PROMPT_COMMAND:+;$PROMPT_COMMAND}"
+    else
+        PS1="⬢ ${PS1:-\$ }"
+    fi
+    ;;
+esac
 EOF
     mv -f /etc/profile.d/boxd.sh.new /etc/profile.d/boxd.sh
-    printf 'name=%s\nboxd_version=%s\n' "$BOXD_NAME" "$BOXD_VERSION" >/run/.boxdenv
 }
 
 # -- main -----------------------------------------------------------------------------------------
