@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     images = sub.add_parser("images", help="list the images boxes can be created from")
     images.add_argument("--json", action="store_true", help="print JSON")
 
+    sub.add_parser("doctor", help="check podman, the bus, polkit, images and your boxes")
+
     completion = sub.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=["bash"], help="the shell")
 
@@ -108,7 +110,7 @@ BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl c
 _boxctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images completion
+        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images doctor completion
                                  --version --user --help" -- "$cur"))
         return
     fi
@@ -128,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         print(BASH_COMPLETION, end="")
         return 0
     from boxd.client import BoxdClient
+
+    if args.verb == "doctor":
+        from boxd.doctor import report, run_checks
+
+        return report(run_checks(lambda: BoxdClient.connect(args.user), args.user))
 
     client = BoxdClient.connect(args.user)
     try:

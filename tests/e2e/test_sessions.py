@@ -204,3 +204,20 @@ def test_boxctl_list_images_and_errors(boxd_bed, alice, alice_box):
             for a in boxctl_argv(boxd_bed, user, "list")]
     result = subprocess.run(argv, capture_output=True)
     assert result.returncode == 1 and b"cannot reach boxd" in result.stderr
+
+
+def test_doctor_says_what_is_wrong_and_how_to_fix_it(boxd_bed, alice, alice_box):
+    result = boxctl(boxd_bed, alice["name"], "doctor")
+    out = result.stdout.decode()
+    assert result.returncode == 0, out
+    assert "✔ polkit: polkitd is running" in out
+    assert f"✔ box {alice_box}: running, set up by boxd" in out
+    boxd_bed.polkit.stop()
+    try:
+        result = boxctl(boxd_bed, alice["name"], "doctor")
+    finally:
+        boxd_bed.polkit.start()
+    out = result.stdout.decode()
+    assert result.returncode == 1
+    assert "✘ polkit: polkitd is not running" in out
+    assert "fix: systemctl start polkit" in out
