@@ -16,7 +16,12 @@ DEFAULT_BOX = "box"
 HINTS = {
     "NotFound": "see your boxes with 'boxctl list', or create one with 'boxctl create NAME'",
     "AlreadyExists": "pick another name, or remove the old box with 'boxctl rm NAME'",
-    "ImageNotFound": "build the default image with scripts/boxd-up.sh, or name a local image",
+    "ImageNotFound": "see 'boxctl images'; pull it with 'boxctl pull', or build the default "
+                     "image with scripts/boxd-up.sh",
+    "RegistryUnreachable": "check the registry's address and your network",
+    "AuthRequired": "log in to the registry first (as root: podman login REGISTRY)",
+    "DiskFull": "free some space (remove unused images with 'boxctl rmi')",
+
     "PodmanUnavailable": "start podman's service: 'systemctl enable --now podman.socket'",
     "AccessDenied": "ask an administrator, or use a box of your own",
     "Busy": "stop it first with 'boxctl stop NAME', or use 'boxctl rm -f NAME'",
@@ -48,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", aliases=["ls"], help="list your boxes")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.add_argument("--quiet", "-q", action="store_true", help="print only the names")
+
+    pull = sub.add_parser("pull", help="pull an image from a registry, with progress")
+    pull.add_argument("reference", metavar="IMAGE")
+    pull.add_argument("--quiet", "-q", action="store_true", help="no progress, for scripts")
+
+    rmi = sub.add_parser("rmi", help="remove an image")
+    rmi.add_argument("--force", "-f", action="store_true",
+                     help="also remove the boxes that use it")
+    rmi.add_argument("reference", metavar="IMAGE")
 
     images = sub.add_parser("images", help="list the images boxes can be created from")
     images.add_argument("--json", action="store_true", help="print JSON")
@@ -110,8 +124,8 @@ BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl c
 _boxctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images doctor completion
-                                 --version --user --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images pull rmi
+                                 doctor completion --version --user --help" -- "$cur"))
         return
     fi
     case $verb in
@@ -125,11 +139,17 @@ complete -F _boxctl boxctl
 """
 
 
+def _from_registry(image: str) -> bool:
+    """An image named with a registry (host/...), other than localhost, can be pulled."""
+    host = image.split("/", 1)[0] if "/" in image else ""
+    return bool(host) and host != "localhost" and ("." in host or ":" in host)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.verb == "completion":
         print(BASH_COMPLETION, end="")
         return 0
-    from boxd.client import BoxdClient
+    from boxd.client import BoxdClient, CallError
 
     if args.verb == "doctor":
         from boxd.doctor import report, run_checks
@@ -139,8 +159,26 @@ def run(args: argparse.Namespace) -> int:
     client = BoxdClient.connect(args.user)
     try:
         if args.verb == "create":
-            client.manager("CreateBox", "ssa{sv}", (args.name, args.image, _options(args)))
+            body = (args.name, args.image, _options(args))
+            try:
+                client.manager("CreateBox", "ssa{sv}", body)
+            except CallError as exc:
+                if exc.short_name != "ImageNotFound" or not _from_registry(args.image):
+                    raise
+                from boxd.pull import pull
+
+                print(f"Pulling {args.image} ...", file=sys.stderr)
+                pull(client, args.image)
+                client.manager("CreateBox", "ssa{sv}", body)
             print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
+        elif args.verb == "pull":
+            from boxd.pull import pull
+
+            image_id = pull(client, args.reference, args.quiet)
+            if not args.quiet:
+                print(f"Pulled {args.reference} ({image_id.removeprefix('sha256:')[:12]})")
+        elif args.verb == "rmi":
+            client.manager("RemoveImage", "sb", (args.reference, args.force))
         elif args.verb in ("list", "ls"):
             boxes = client.manager("ListBoxes")[0]
             if args.quiet:

@@ -16,6 +16,7 @@ from boxd import __version__, config, errors, log, podman
 from boxd.authz import Authorizer
 from boxd.bus.dispatch import BoxdBus, Dispatcher
 from boxd.bus.service import BoxdService
+from boxd.jobs import JobManager
 from boxd.manager import BoxManager
 from boxd.paths import BUS_NAME
 from boxd.polkit import Polkit
@@ -70,8 +71,8 @@ async def serve(cfg: config.Config) -> int:
     client = podman.PodmanClient(cfg.podman_socket, timeout=cfg.podman_timeout)
     manager = BoxManager(cfg, client)
     policy = Polkit(bus) if cfg.mode == "system" else None
-    service = BoxdService(Dispatcher(bus), manager, Authorizer(cfg.mode, os.getuid(), policy),
-                          cfg.default_image)
+    service = BoxdService(Dispatcher(bus), manager, JobManager(client),
+                          Authorizer(cfg.mode, os.getuid(), policy), cfg.default_image)
     await service.watch_callers()
     follower = asyncio.create_task(manager.run(service.podman_changed))
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

@@ -157,6 +157,23 @@ class BoxManager:
                           size=max(0, int(e.get("Size") or 0)), created=_created(e.get("Created")))
                 for e in entries]
 
+    async def remove_image(self, reference: str, force: bool) -> None:
+        """Remove an image; refused while a box uses it, unless forced (which removes those
+        boxes too)."""
+        validate_image(reference)
+        users = [b.name for b in self._boxes.values() if b.image == reference]
+        if users and not force:
+            raise errors.Busy(f"image {reference} is used by {', '.join(sorted(users))}; "
+                              "remove those boxes first, or force")
+        with self._podman_errors():
+            try:
+                await self._podman.remove_image(reference, force=force)
+            except podman.Conflict:
+                raise errors.Busy(f"image {reference} is used by containers; remove them "
+                                  "first, or force") from None
+            except podman.NotFound:
+                raise errors.ImageNotFound(f"there is no image {reference}") from None
+
     def settings(self, name: str) -> BoxSettings:
         try:
             return BoxSettings.from_json(json.loads(self._settings_path(name).read_text()))

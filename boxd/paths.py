@@ -4,6 +4,7 @@ BUS_NAME = "io.github.boxd1"
 MANAGER_PATH = "/io/github/boxd1"
 BOX_PATH_PREFIX = "/io/github/boxd1/box/"
 SESSION_PATH_PREFIX = "/io/github/boxd1/session/"
+JOB_PATH_PREFIX = "/io/github/boxd1/job/"
 
 
 def escape_path_label(text: str) -> str:
@@ -48,4 +49,6 @@ def describe_missing(path: str) -> str:
         return f"there is no box named {unescape_path_label(path[len(BOX_PATH_PREFIX):])!r}"
     if path.startswith(SESSION_PATH_PREFIX):
         return f"there is no session {path[len(SESSION_PATH_PREFIX):]}"
+    if path.startswith(JOB_PATH_PREFIX):
+        return f"there is no job {path[len(JOB_PATH_PREFIX):]}"
     return f"there is no object {path}"

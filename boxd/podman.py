@@ -212,6 +212,30 @@ class PodmanClient:
             return False
         return True
 
+    async def pull_image(self, reference: str) -> AsyncIterator[dict[str, Any]]:
+        """Pull through the Docker-compatible endpoint, the one that reports per-layer progress
+        (libpod's own only streams text). Yields its JSON events; failures arrive as events with
+        "error" after a 200, so the caller must look at each."""
+        name, tag = split_reference(reference)
+        params = {"fromImage": name, **({"tag": tag} if tag else {})}
+        url = f"http://podman{API.removesuffix('/libpod')}/images/create"
+        try:
+            async with self._http.stream("POST", url, params=params,
+                                         timeout=httpx.Timeout(self._timeout, read=None)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _raise_for_status(resp)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                FileNotFoundError) as exc:
+            raise PodmanUnavailable(f"lost podman during the pull: {exc}") from None
+
+    async def remove_image(self, reference: str, force: bool = False) -> None:
+        await self._request("DELETE", f"/images/{reference}",
+                            params={"force": str(force).lower()})
+
     async def import_image(self, reference: str, tarball: AsyncIterator[bytes] | bytes,
                            changes: list[str] | None = None) -> str:
         params: dict[str, Any] = {"reference": reference}
@@ -272,6 +296,17 @@ async def _read_body(http: h11.Connection, reader: asyncio.StreamReader) -> byte
             chunks.append(bytes(event.data))
         else:
             return b"".join(chunks)
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """registry/repo:tag -> (registry/repo, tag); digests stay in the name."""
+    if "@" in reference:
+        return reference, ""
+    slash = reference.rfind("/")
+    colon = reference.rfind(":")
+    if colon > slash:
+        return reference[:colon], reference[colon + 1:]
+    return reference, "latest"
 
 
 def _raise_for_status(response: httpx.Response) -> None:

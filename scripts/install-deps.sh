@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(podman runc conmon dbus polkitd pkexec debootstrap uidmap busybox-static dash
+packages=(podman runc conmon dbus polkitd pkexec debootstrap uidmap busybox-static dash docker-registry
           python3 python3-venv curl ca-certificates systemd tmux)
 missing=()
 for pkg in "${packages[@]}"; do

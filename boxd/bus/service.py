@@ -12,11 +12,14 @@ from boxd import __version__, authz
 from boxd.authz import Authorizer, Caller
 from boxd.bus.dispatch import Dispatcher, current_caller
 from boxd.errors import AccessDenied, InvalidArgument
+from boxd.jobs import JobManager, Layer, PullJob
 from boxd.manager import BoxInfo, BoxManager
-from boxd.paths import MANAGER_PATH, SESSION_PATH_PREFIX, box_path
+from boxd.model import validate_image
+from boxd.paths import JOB_PATH_PREFIX, MANAGER_PATH, SESSION_PATH_PREFIX, box_path
 from boxd.sessions import Session
 
 SESSION_INTERFACE = "io.github.boxd1.Session"
+JOB_INTERFACE = "io.github.boxd1.Job"
 # A finished session stays on the bus this long for a late Wait(), unless its caller leaves.
 SESSION_LINGER = 60.0
 
@@ -93,6 +96,44 @@ class SessionInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def ExitStatus(self) -> "i":
         return -1 if self.session.exit_status is None else self.session.exit_status
+
+
+class JobInterface(ServiceInterface):
+    def __init__(self, job: PullJob) -> None:
+        super().__init__(JOB_INTERFACE)
+        self.job = job
+
+    def _authorize(self, caller: Caller) -> None:
+        if caller.uid not in (0, self.job.caller_uid):
+            raise AccessDenied("this job belongs to another caller")
+
+    async def authorize_read(self, caller: Caller) -> None:
+        self._authorize(caller)
+
+    @method()
+    async def Cancel(self):
+        self._authorize(current_caller())
+        self.job.cancel()
+
+    @signal()
+    def Progress(self, layer: "s", status: "s", current: "t", total: "t") -> "sstt":
+        return [layer, status, current, total]
+
+    @signal()
+    def Finished(self, state: "s", image_id: "s", error: "s", message: "s") -> "ssss":
+        return [state, image_id, error, message]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Reference(self) -> "s":
+        return self.job.reference
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":
+        return self.job.state
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ImageId(self) -> "s":
+        return self.job.image_id
 
 
 class BoxInterface(ServiceInterface):
@@ -227,6 +268,22 @@ class ManagerInterface(ServiceInterface):
                 for b in await self._service.visible_boxes(current_caller())]
 
     @method()
+    async def PullImage(self, reference: "s", options: "a{sv}") -> "o":
+        caller = current_caller()
+        unpack_options(options, {}, "pull option")
+        validate_image(reference)
+        await self._service.authz.require(caller, authz.MANAGE_IMAGES,
+                                          {"image": reference[:256]}, "pull images")
+        return self._service.job_started(
+            self._service.jobs.pull(reference, caller.uid, caller.sender))
+
+    @method()
+    async def RemoveImage(self, reference: "s", force: "b"):
+        await self._service.authz.require(current_caller(), authz.MANAGE_IMAGES,
+                                          {"image": reference[:256]}, "remove images")
+        await self._service.manager.remove_image(reference, force)
+
+    @method()
     async def ListImages(self) -> "a(sastt)":
         return [[i.id, i.names, i.size, i.created] for i in await self._service.manager.images()]
 
@@ -246,8 +303,8 @@ class ManagerInterface(ServiceInterface):
 class BoxdService:
     """Owns the exported objects and keeps them in step with the BoxManager (its observer)."""
 
-    def __init__(self, dispatcher: Dispatcher, manager: BoxManager, authz: Authorizer,
-                 default_image: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, manager: BoxManager, jobs: JobManager,
+                 authz: Authorizer, default_image: str) -> None:
         self.dispatcher = dispatcher
         self.manager = manager
         self.authz = authz
@@ -255,6 +312,9 @@ class BoxdService:
         self.manager_interface = ManagerInterface(self)
         self._boxes: dict[str, BoxInterface] = {}
         self._sessions: dict[str, SessionInterface] = {}
+        self._jobs: dict[str, JobInterface] = {}
+        self.jobs = jobs
+        jobs.observer = self  # type: ignore[assignment]
         manager.observer = self
         manager.sessions.on_exit = self._session_exited
         dispatcher.export(MANAGER_PATH, self.manager_interface)
@@ -300,12 +360,42 @@ class BoxdService:
             name, _old, new = msg.body
             if not new and name.startswith(":"):
                 self.dispatcher.forget_sender(name)
+                for job in self.jobs.of_sender(name):
+                    job.cancel()  # nobody is left to use what it pulls
                 for session in self.manager.sessions.of_sender(name):
                     if session.running:
                         asyncio.get_running_loop().create_task(session.hang_up())
                     else:
                         self.session_collected(session)
         return False
+
+    # -- jobs: their signals go to the caller who started them ---------------------------------
+    def job_started(self, job: PullJob) -> str:
+        interface = JobInterface(job)
+        self._jobs[job.id] = interface
+        self.dispatcher.export(JOB_PATH_PREFIX + job.id, interface)
+        return JOB_PATH_PREFIX + job.id
+
+    def _job_signal(self, job: PullJob, member: str, signature: str, body: list[Any]) -> None:
+        self.dispatcher.bus.send(Message(
+            message_type=MessageType.SIGNAL, destination=job.caller_sender,
+            path=JOB_PATH_PREFIX + job.id, interface=JOB_INTERFACE, member=member,
+            signature=signature, body=body))
+
+    def progress(self, job: PullJob, layer: str, info: Layer) -> None:
+        self._job_signal(job, "Progress", "sstt", [layer, info.status, info.current, info.total])
+
+    def finished(self, job: PullJob) -> None:
+        error = f"io.github.boxd1.Error.{job.error_code}" if job.error_code else ""
+        self._job_signal(job, "Finished", "ssss",
+                         [job.state, job.image_id, error, job.error_message])
+        asyncio.get_running_loop().call_later(SESSION_LINGER, self._job_collected, job)
+
+    def _job_collected(self, job: PullJob) -> None:
+        interface = self._jobs.pop(job.id, None)
+        if interface is not None:
+            self.dispatcher.unexport(JOB_PATH_PREFIX + job.id, interface)
+            self.jobs.forget(job)
 
     # -- sessions ------------------------------------------------------------------------------
     def session_opened(self, session: Session) -> str:

@@ -41,6 +41,17 @@ runroot = "{run}/runroot"
 """
 
 
+REGISTRIES_CONF = """\
+# The tests' registry on loopback (and its throttling proxy) speak plain HTTP.
+[[registry]]
+location = "127.0.0.1:5055"
+insecure = true
+[[registry]]
+location = "127.0.0.1:5056"
+insecure = true
+"""
+
+
 def ensure_rootfs(kind: str) -> Path:
     """A cached rootfs tarball built by scripts/build-rootfs.sh (debian ~30 s, busybox instant)."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -80,13 +91,15 @@ class Podman:
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.root / "containers.conf"),
-                "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf")}
+                "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
+                "CONTAINERS_REGISTRIES_CONF": str(self.root / "registries.conf")}
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.run.mkdir(parents=True, exist_ok=True)
         (self.root / "containers.conf").write_text(CONTAINERS_CONF)
         (self.root / "storage.conf").write_text(STORAGE_CONF.format(root=self.root, run=self.run))
+        (self.root / "registries.conf").write_text(REGISTRIES_CONF)
         _ensure_mqueue()
         log = open(self.root / "service.log", "ab")
         self.proc = subprocess.Popen(
@@ -130,6 +143,11 @@ class Podman:
         return subprocess.run(["podman", "--url", f"unix://{self.socket}", *args],
                               env=self.env, capture_output=True, check=check, input=input,
                               timeout=120)
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """The podman CLI on this service's storage, as a local client (for test set-up)."""
+        return subprocess.run(["podman", *args], env=self.env, capture_output=True, check=True,
+                              timeout=300)
 
     def inspect(self, name: str) -> dict:
         return json.loads(_curl(self.socket, f"/containers/{name}/json"))

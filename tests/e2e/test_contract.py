@@ -51,6 +51,8 @@ def test_live_api_matches_the_contract(boxd_bed, alice):
                                [{"$b": "/"}, [{"$b": "true"}], {"$i": [[1, {"$fd": 1}]]}, {},
                                 {}], user=alice["name"])
         live.update(shape(introspect(boxd_bed, spawned["body"][0])))
+        job = boxd_bed.manager("PullImage", "sa{sv}", ["127.0.0.1:1/nowhere:1", {}])
+        live.update(shape(introspect(boxd_bed, job["body"][0])))
     finally:
         boxd_bed.box("alice-contract", "Remove", "b", [True], user=alice["name"])
     assert live == contract
