@@ -17,7 +17,7 @@ HINTS = {
     "NotFound": "see your boxes with 'boxctl list', or create one with 'boxctl create NAME'",
     "AlreadyExists": "pick another name, or remove the old box with 'boxctl rm NAME'",
     "ImageNotFound": "see 'boxctl images'; pull it with 'boxctl pull', or build the default "
-                     "image with scripts/boxd-up.sh",
+                     "image with 'boxctl image build-default'",
     "RegistryUnreachable": "check the registry's address and your network",
     "AuthRequired": "log in to the registry first (as root: podman login REGISTRY)",
     "DiskFull": "free some space (remove unused images with 'boxctl rmi')",
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="pull an image from a registry, with progress")
     pull.add_argument("reference", metavar="IMAGE")
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress, for scripts")
+
+    image = sub.add_parser("image", help="image tasks: build-default")
+    image.add_argument("task", choices=["build-default"],
+                       help="build-default: build boxd's default image with debootstrap")
+    image.add_argument("--quiet", "-q", action="store_true", help="no progress, for scripts")
 
     rmi = sub.add_parser("rmi", help="remove an image")
     rmi.add_argument("--force", "-f", action="store_true",
@@ -124,8 +129,8 @@ BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl c
 _boxctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images pull rmi
-                                 doctor completion --version --user --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images image pull
+                                 rmi doctor completion --version --user --help" -- "$cur"))
         return
     fi
     case $verb in
@@ -177,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
             image_id = pull(client, args.reference, args.quiet)
             if not args.quiet:
                 print(f"Pulled {args.reference} ({image_id.removeprefix('sha256:')[:12]})")
+        elif args.verb == "image":
+            from boxd.pull import build_default
+
+            image_id = build_default(client, args.quiet)
+            if not args.quiet:
+                print(f"Built the default image ({image_id.removeprefix('sha256:')[:12]})")
         elif args.verb == "rmi":
             client.manager("RemoveImage", "sb", (args.reference, args.force))
         elif args.verb in ("list", "ls"):

@@ -71,7 +71,8 @@ async def serve(cfg: config.Config) -> int:
     client = podman.PodmanClient(cfg.podman_socket, timeout=cfg.podman_timeout)
     manager = BoxManager(cfg, client)
     policy = Polkit(bus) if cfg.mode == "system" else None
-    service = BoxdService(Dispatcher(bus), manager, JobManager(client),
+    jobs = JobManager(client, Path(cfg.state_dir) / "work")
+    service = BoxdService(Dispatcher(bus), manager, jobs,
                           Authorizer(cfg.mode, os.getuid(), policy), cfg.default_image)
     await service.watch_callers()
     follower = asyncio.create_task(manager.run(service.podman_changed))

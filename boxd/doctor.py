@@ -73,7 +73,7 @@ def run_checks(connect: Callable[[], BoxdClient], user_bus: bool) -> list[Check]
                             f"the default image {default} is "
                             + ("here" if default in images else "missing"),
                             "" if default in images else
-                            "sudo scripts/boxd-up.sh builds it with debootstrap"))
+                            "sudo boxctl image build-default (debootstrap, no registry needed)"))
         checks += _boxes(client, str(version))
     finally:
         client.close()

@@ -1,11 +1,15 @@
-"""Long work done for a caller, reported as it goes: image pulls. Knows podman; not D-Bus."""
+"""Long work done for a caller, reported as it goes: image pulls and building the default image.
+Knows podman; not D-Bus."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
 from boxd import errors, log, podman
 
@@ -20,8 +24,9 @@ class Layer:
 
 
 @dataclass
-class PullJob:
+class Job:
     id: str
+    kind: str                       # pull, build
     reference: str
     caller_uid: int
     caller_sender: str
@@ -60,75 +65,131 @@ def classify_pull_error(reference: str, message: str) -> tuple[str, str]:
     return "Failed", f"pulling {reference} failed: {message.strip()[:300]}"
 
 
-class PullObserver:
-    def progress(self, job: PullJob, layer: str, info: Layer) -> None: ...
-    def finished(self, job: PullJob) -> None: ...
+class JobObserver:
+    def progress(self, job: Job, layer: str, info: Layer) -> None: ...
+    def finished(self, job: Job) -> None: ...
 
 
 class JobManager:
-    def __init__(self, client: podman.PodmanClient) -> None:
+    def __init__(self, client: podman.PodmanClient, work_dir: Path) -> None:
         self._podman = client
+        self._work_dir = work_dir
         self._ids = itertools.count(1)
-        self._jobs: dict[str, PullJob] = {}
-        self.observer = PullObserver()
+        self._jobs: dict[str, Job] = {}
+        self.observer = JobObserver()
 
-    def get(self, job_id: str) -> PullJob:
+    def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
             raise errors.NotFound(f"there is no job {job_id}")
         return job
 
-    def forget(self, job: PullJob) -> None:
+    def forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
 
-    def of_sender(self, sender: str) -> list[PullJob]:
+    def of_sender(self, sender: str) -> list[Job]:
         return [j for j in self._jobs.values() if j.caller_sender == sender]
 
-    def pull(self, reference: str, caller_uid: int, caller_sender: str) -> PullJob:
-        job = PullJob(id=str(next(self._ids)), reference=reference, caller_uid=caller_uid,
-                      caller_sender=caller_sender)
+    def pull(self, reference: str, caller_uid: int, caller_sender: str) -> Job:
+        return self._start("pull", reference, caller_uid, caller_sender, self._pull)
+
+    def build_default(self, reference: str, caller_uid: int, caller_sender: str) -> Job:
+        """Build a Debian image with debootstrap (no registry needed) and import it."""
+        return self._start("build", reference, caller_uid, caller_sender, self._build)
+
+    def _start(self, kind: str, reference: str, caller_uid: int, caller_sender: str,
+               work: Callable[[Job], Awaitable[None]]) -> Job:
+        job = Job(id=str(next(self._ids)), kind=kind, reference=reference,
+                  caller_uid=caller_uid, caller_sender=caller_sender)
         self._jobs[job.id] = job
-        job.task = asyncio.create_task(self._run(job))
+        job.task = asyncio.create_task(self._track(job, work))
         return job
 
-    async def _run(self, job: PullJob) -> None:
+    def _report(self, job: Job, layer_id: str, status: str, current: int = 0,
+                total: int = 0) -> None:
+        layer = job.layers.setdefault(layer_id, Layer())
+        layer.status, layer.current, layer.total = status, current, total
+        self.observer.progress(job, layer_id, layer)
+
+    async def _pull(self, job: Job) -> None:
+        async for event in self._podman.pull_image(job.reference):
+            if event.get("error") or event.get("errorDetail"):
+                message = (event.get("errorDetail") or {}).get("message") or event["error"]
+                job.error_code, job.error_message = classify_pull_error(job.reference, message)
+                job.state = "failed"
+                return
+            layer_id = event.get("id")
+            if layer_id:
+                layer = job.layers.get(layer_id, Layer())
+                detail = event.get("progressDetail") or {}
+                status = str(event.get("status", layer.status))
+                total = int(detail.get("total") or layer.total)
+                current = int(detail.get("current") or layer.current)
+                if status in ("Download complete", "Already exists", "Pull complete"):
+                    current = max(current, total)
+                self._report(job, layer_id, status, current, total)
+        job.image_id = str((await self._podman.inspect_image(job.reference))["Id"])
+        job.state = "done"
+
+    async def _build(self, job: Job) -> None:
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        tarball = self._work_dir / f"build-{job.id}.tar"
+        script = str(resources.files("boxd") / "data" / "build-rootfs.sh")
+        proc = await asyncio.create_subprocess_exec(
+            "sh", script, "debian", str(tarball), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
         try:
-            async for event in self._podman.pull_image(job.reference):
-                if event.get("error") or event.get("errorDetail"):
-                    message = (event.get("errorDetail") or {}).get("message") or event["error"]
-                    job.error_code, job.error_message = classify_pull_error(job.reference,
-                                                                            message)
-                    job.state = "failed"
-                    break
-                layer_id = event.get("id")
-                if layer_id:
-                    layer = job.layers.setdefault(layer_id, Layer())
-                    detail = event.get("progressDetail") or {}
-                    layer.status = str(event.get("status", layer.status))
-                    layer.total = int(detail.get("total") or layer.total)
-                    layer.current = int(detail.get("current") or layer.current)
-                    if layer.status in ("Download complete", "Already exists", "Pull complete"):
-                        layer.current = max(layer.current, layer.total)
-                    self.observer.progress(job, layer_id, layer)
-            if job.state == "running":
-                job.image_id = str((await self._podman.inspect_image(job.reference))["Id"])
-                job.state = "done"
+            assert proc.stdout is not None and proc.stderr is not None
+            while line := await proc.stdout.readline():
+                self._report(job, "rootfs", line.decode(errors="replace").strip()[3:])
+            stderr = (await proc.stderr.read()).decode(errors="replace").strip()
+            if await proc.wait() != 0:
+                job.state = "failed"
+                job.error_code = "Failed"
+                job.error_message = ("building the image with debootstrap failed: "
+                                     + (stderr.splitlines() or ["no output"])[-1][:300])
+                return
+            size = tarball.stat().st_size
+            job.image_id = await self._podman.import_image(
+                job.reference, self._read_with_progress(job, tarball, size))
+            job.state = "done"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            tarball.unlink(missing_ok=True)
+
+    async def _read_with_progress(self, job: Job, path: Path, size: int
+                                  ) -> AsyncIterator[bytes]:
+        sent = 0
+        source = await asyncio.to_thread(open, path, "rb")
+        try:
+            while chunk := await asyncio.to_thread(source.read, 1 << 20):
+                sent += len(chunk)
+                self._report(job, "import", "Importing", sent, size)
+                yield chunk
+        finally:
+            source.close()
+
+    async def _track(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
+        try:
+            await work(job)
         except asyncio.CancelledError:
             job.state = "cancelled"
-            job.error_code, job.error_message = "Cancelled", f"the pull of {job.reference} " \
-                                                             "was cancelled"
+            job.error_code = "Cancelled"
+            job.error_message = f"the {job.kind} of {job.reference} was cancelled"
         except podman.PodmanError as exc:
             job.state = "failed"
             job.error_code, job.error_message = classify_pull_error(job.reference, str(exc))
             if isinstance(exc, podman.PodmanUnavailable):
                 job.error_code = "PodmanUnavailable"
         except Exception:
-            _log.exception("pull_crashed", reference=job.reference)
+            _log.exception("job_crashed", kind=job.kind, reference=job.reference)
             job.state = "failed"
             job.error_code, job.error_message = "Internal", "boxd hit an internal error"
         finally:
             job.done.set()
-            _log.info("pull_finished", reference=job.reference, state=job.state,
+            _log.info("job_finished", kind=job.kind, reference=job.reference, state=job.state,
                       caller_uid=job.caller_uid, error=job.error_code or None,
                       duration_ms=round((time.monotonic() - job.started) * 1000, 1))
             self.observer.finished(job)

@@ -69,10 +69,11 @@ class PodmanClient:
 
     async def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                        json_body: Any = None, content: Any = None,
-                       timeout: float | None = None) -> httpx.Response:
+                       timeout: float | None = None,
+                       headers: Mapping[str, str] | None = None) -> httpx.Response:
         try:
             response = await self._http.request(
-                method, path, params=params, json=json_body, content=content,
+                method, path, params=params, json=json_body, content=content, headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
@@ -242,7 +243,8 @@ class PodmanClient:
         if changes:
             params["changes"] = changes
         response = await self._request("POST", "/images/import", params=params, content=tarball,
-                                       timeout=max(self._timeout, 600))
+                                       timeout=max(self._timeout, 600),
+                                       headers={"Content-Type": "application/x-tar"})
         return str(response.json().get("Id", ""))
 
     # -- events --------------------------------------------------------------------------------

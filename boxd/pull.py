@@ -1,5 +1,6 @@
-"""boxctl's side of an image pull: start the job, show per-layer progress (a rich progress bar
-on a terminal, one line per layer step otherwise, nothing with --quiet), cancel on ctrl-c."""
+"""boxctl's side of image jobs (pull, build-default): start the job, show its progress (rich
+progress bars on a terminal, one line per step otherwise, nothing with --quiet), cancel on
+ctrl-c, and give back the image id or the job's error."""
 
 from __future__ import annotations
 
@@ -16,8 +17,16 @@ JOB = "io.github.boxd1.Job"
 
 def pull(client: BoxdClient, reference: str, quiet: bool = False) -> str:
     """Pull `reference`; returns the image id, raises CallError with the job's error."""
-    path = client.manager("PullImage", "sa{sv}", (reference, {}))[0]
-    view = _Silent() if quiet else (_Bars(reference) if sys.stderr.isatty() else _Lines())
+    return follow(client, client.manager("PullImage", "sa{sv}", (reference, {}))[0], quiet)
+
+
+def build_default(client: BoxdClient, quiet: bool = False) -> str:
+    """Build and import boxd's default image; returns its id."""
+    return follow(client, client.manager("BuildDefaultImage", "a{sv}", ({},))[0], quiet)
+
+
+def follow(client: BoxdClient, path: str, quiet: bool) -> str:
+    view = _Silent() if quiet else (_Bars() if sys.stderr.isatty() else _Lines())
 
     def cancel(_signum: int, _frame: Any) -> None:
         client.send_only(path, JOB, "Cancel")
@@ -71,7 +80,7 @@ class _Lines(_Silent):
 class _Bars(_Silent):
     """On a terminal: one rich progress bar per layer."""
 
-    def __init__(self, reference: str) -> None:
+    def __init__(self) -> None:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -83,7 +92,6 @@ class _Bars(_Silent):
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                   DownloadColumn(), TransferSpeedColumn(), transient=False)
         self._tasks: dict[str, Any] = {}
-        self._reference = reference
 
     def __enter__(self) -> _Bars:
         self._progress.start()

@@ -98,12 +98,15 @@ fi
 
 say "default image $image"
 if ! curl -sf --unix-socket "$socket" "http://d/v4.0.0/libpod/images/$image/exists" >/dev/null; then
-    mkdir -p /var/cache/boxd
-    tarball=/var/cache/boxd/debian.tar
-    [ -e "$tarball" ] || { echo "building a Debian bookworm root with debootstrap (about a minute)"; \
-        sh "$repo/scripts/build-rootfs.sh" debian "$tarball"; }
-    curl -sf --unix-socket "$socket" -X POST -H 'Content-Type: application/x-tar' \
-        --data-binary "@$tarball" "http://d/v4.0.0/libpod/images/import?reference=$image" >/dev/null
+    echo "building it from Debian's packages with debootstrap (about a minute; no registry needed)"
+    if ! boxctl image build-default; then
+        # boxd's hardened unit (no network, few capabilities) cannot run debootstrap: build here.
+        tarball=/var/cache/boxd/debian.tar
+        mkdir -p /var/cache/boxd
+        [ -e "$tarball" ] || sh "$repo/boxd/data/build-rootfs.sh" debian "$tarball"
+        curl -sf --unix-socket "$socket" -X POST -H 'Content-Type: application/x-tar' \
+            --data-binary "@$tarball" "http://d/v4.0.0/libpod/images/import?reference=$image" >/dev/null
+    fi
 fi
 
 user=${1:-${SUDO_USER:-}}

@@ -12,7 +12,7 @@ from boxd import __version__, authz
 from boxd.authz import Authorizer, Caller
 from boxd.bus.dispatch import Dispatcher, current_caller
 from boxd.errors import AccessDenied, InvalidArgument
-from boxd.jobs import JobManager, Layer, PullJob
+from boxd.jobs import Job, JobManager, Layer
 from boxd.manager import BoxInfo, BoxManager
 from boxd.model import validate_image
 from boxd.paths import JOB_PATH_PREFIX, MANAGER_PATH, SESSION_PATH_PREFIX, box_path
@@ -99,7 +99,7 @@ class SessionInterface(ServiceInterface):
 
 
 class JobInterface(ServiceInterface):
-    def __init__(self, job: PullJob) -> None:
+    def __init__(self, job: Job) -> None:
         super().__init__(JOB_INTERFACE)
         self.job = job
 
@@ -122,6 +122,10 @@ class JobInterface(ServiceInterface):
     @signal()
     def Finished(self, state: "s", image_id: "s", error: "s", message: "s") -> "ssss":
         return [state, image_id, error, message]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Kind(self) -> "s":
+        return self.job.kind
 
     @dbus_property(access=PropertyAccess.READ)
     def Reference(self) -> "s":
@@ -278,6 +282,16 @@ class ManagerInterface(ServiceInterface):
             self._service.jobs.pull(reference, caller.uid, caller.sender))
 
     @method()
+    async def BuildDefaultImage(self, options: "a{sv}") -> "o":
+        caller = current_caller()
+        unpack_options(options, {}, "build option")
+        reference = self._service.default_image
+        await self._service.authz.require(caller, authz.MANAGE_IMAGES, {"image": reference},
+                                          "build images")
+        return self._service.job_started(
+            self._service.jobs.build_default(reference, caller.uid, caller.sender))
+
+    @method()
     async def RemoveImage(self, reference: "s", force: "b"):
         await self._service.authz.require(current_caller(), authz.MANAGE_IMAGES,
                                           {"image": reference[:256]}, "remove images")
@@ -370,28 +384,28 @@ class BoxdService:
         return False
 
     # -- jobs: their signals go to the caller who started them ---------------------------------
-    def job_started(self, job: PullJob) -> str:
+    def job_started(self, job: Job) -> str:
         interface = JobInterface(job)
         self._jobs[job.id] = interface
         self.dispatcher.export(JOB_PATH_PREFIX + job.id, interface)
         return JOB_PATH_PREFIX + job.id
 
-    def _job_signal(self, job: PullJob, member: str, signature: str, body: list[Any]) -> None:
+    def _job_signal(self, job: Job, member: str, signature: str, body: list[Any]) -> None:
         self.dispatcher.bus.send(Message(
             message_type=MessageType.SIGNAL, destination=job.caller_sender,
             path=JOB_PATH_PREFIX + job.id, interface=JOB_INTERFACE, member=member,
             signature=signature, body=body))
 
-    def progress(self, job: PullJob, layer: str, info: Layer) -> None:
+    def progress(self, job: Job, layer: str, info: Layer) -> None:
         self._job_signal(job, "Progress", "sstt", [layer, info.status, info.current, info.total])
 
-    def finished(self, job: PullJob) -> None:
+    def finished(self, job: Job) -> None:
         error = f"io.github.boxd1.Error.{job.error_code}" if job.error_code else ""
         self._job_signal(job, "Finished", "ssss",
                          [job.state, job.image_id, error, job.error_message])
         asyncio.get_running_loop().call_later(SESSION_LINGER, self._job_collected, job)
 
-    def _job_collected(self, job: PullJob) -> None:
+    def _job_collected(self, job: Job) -> None:
         interface = self._jobs.pop(job.id, None)
         if interface is not None:
             self.dispatcher.unexport(JOB_PATH_PREFIX + job.id, interface)

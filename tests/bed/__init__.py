@@ -53,12 +53,13 @@ insecure = true
 
 
 def ensure_rootfs(kind: str) -> Path:
-    """A cached rootfs tarball built by scripts/build-rootfs.sh (debian ~30 s, busybox instant)."""
+    """A cached rootfs tarball built by boxd/data/build-rootfs.sh (debian ~30 s, busybox at
+    once)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     tarball = CACHE / f"{kind}.tar"
     if not tarball.exists():
-        subprocess.run(["sh", str(REPO / "scripts" / "build-rootfs.sh"), kind, str(tarball)],
-                       check=True)
+        subprocess.run(["sh", str(REPO / "boxd" / "data" / "build-rootfs.sh"), kind,
+                        str(tarball)], check=True, stdout=subprocess.DEVNULL)
     return tarball
 
 
@@ -151,6 +152,9 @@ class Podman:
 
     def inspect(self, name: str) -> dict:
         return json.loads(_curl(self.socket, f"/containers/{name}/json"))
+
+    def inspect_image(self, reference: str) -> dict:
+        return json.loads(_curl(self.socket, f"/images/{reference}/json"))
 
 
 def _ensure_mqueue() -> None:

@@ -11,6 +11,7 @@ import pytest
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
+import bed
 from bed import BUSYBOX_IMAGE
 from bed.registry import Registry, ThrottledProxy, push_random_image
 from conftest import RUN_ROOT, boxctl_argv
@@ -127,3 +128,27 @@ def test_boxctl_pull_create_and_rmi(boxd_bed, registry, admin):
     assert boxctl("rm", "-f", "admin-pulled").returncode == 0
     assert boxctl("rmi", registry["busybox"]).returncode == 0
     assert not image_present(boxd_bed, registry["busybox"])
+
+
+def test_build_default_image_with_debootstrap(boxd_bed, admin):
+    """No registry: the daemon builds its default image from Debian's packages and imports it;
+    boxctl shows the steps (one line each, not a terminal here)."""
+    before = boxd_bed.podman.inspect_image(bed.DEBIAN_IMAGE)["Id"]
+    result = subprocess.run(boxctl_argv(boxd_bed, admin["name"], "image", "build-default"),
+                            capture_output=True, timeout=900, cwd="/")
+    assert result.returncode == 0, result.stderr
+    steps = result.stderr.decode()
+    assert "rootfs: Retrieving Release" in steps or "rootfs: Retrieving" in steps, steps
+    assert "import: Importing" in steps
+    assert b"Built the default image" in result.stdout
+    after = boxd_bed.podman.inspect_image(bed.DEBIAN_IMAGE)["Id"]
+    assert after != before  # a new image under the default name
+    reply = boxd_bed.manager("CreateBox", "ssa{sv}", ["admin-fresh", "", {}], user=admin["name"])
+    assert "error" not in reply, reply
+    assert boxd_bed.box("admin-fresh", "Start", user=admin["name"]) == {"body": []}
+    boxd_bed.box("admin-fresh", "Remove", "b", [True])
+
+
+def test_build_default_needs_the_images_action(boxd_bed, alice):
+    reply = boxd_bed.manager("BuildDefaultImage", "a{sv}", [{}], user=alice["name"])
+    assert reply["error"] == ERR + "AccessDenied"

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Build a box root filesystem tarball without any registry.
+# Build a box root filesystem tarball without any registry (boxd runs this for
+# BuildDefaultImage; the tests use it too).
 #   build-rootfs.sh debian OUT.tar   Debian bookworm minbase via debootstrap (~25 s, cached by caller)
 #   build-rootfs.sh busybox OUT.tar  a tiny image with only busybox: no useradd, no sudo (the busybox path)
 set -eu
@@ -10,9 +11,13 @@ trap 'rm -rf "$work"' EXIT
 case "$kind" in
 debian)
     mirror=${BOXD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    # debootstrap's "I: ..." lines go to stdout as progress; the rest stays in the log.
     debootstrap --variant=minbase \
         --include=sudo,libcap2-bin,procps,passwd,tzdata,bash,util-linux \
-        bookworm "$work/root" "$mirror" >"$work/log" 2>&1 || { tail -20 "$work/log" >&2; exit 1; }
+        bookworm "$work/root" "$mirror" >"$work/log" 2>&1 &
+    pid=$!
+    tail -n +1 -f "$work/log" --pid=$pid 2>/dev/null | grep --line-buffered '^I: ' || true
+    wait $pid || { tail -20 "$work/log" >&2; exit 1; }
     rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
     ;;
 busybox)
