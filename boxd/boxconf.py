@@ -31,5 +31,9 @@ def render(*, name: str, hostname: str, owner: Owner, settings: BoxSettings, tok
         lines.append(f"    boxd_volume {q(volume.source)} {q(volume.destination)} {mode}")
     for key, value in sorted(settings.env.items()):
         lines.append(f"    boxd_env {q(key)} {q(value)}")
+    if settings.packages:
+        lines.append("    boxd_packages " + " ".join(q(p) for p in settings.packages))
+    for hook in settings.hooks:
+        lines.append(f"    boxd_hook {q(hook)}")
     lines.append("}")
     return "\n".join(lines) + "\n"

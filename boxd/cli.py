@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.add_argument("--quiet", "-q", action="store_true", help="print only the names")
 
+    apply = sub.add_parser("apply", help="make your boxes what a manifest (boxes.yaml) says")
+    apply.add_argument("file", metavar="FILE", help="the manifest (see docs/manifest.md)")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
     pull = sub.add_parser("pull", help="pull an image from a registry, with progress")
     pull.add_argument("reference", metavar="IMAGE")
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress, for scripts")
@@ -129,8 +133,8 @@ BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl c
 _boxctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "create enter run list ls start stop rm images image pull
-                                 rmi doctor completion --version --user --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "create enter run list ls start stop rm apply images image
+                                 pull rmi doctor completion --version --user --help" -- "$cur"))
         return
     fi
     case $verb in
@@ -176,6 +180,26 @@ def run(args: argparse.Namespace) -> int:
                 pull(client, args.image)
                 client.manager("CreateBox", "ssa{sv}", body)
             print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
+        elif args.verb == "apply":
+            try:
+                with open(args.file, encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError as exc:
+                raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+            try:
+                plan = client.manager("Apply", "sa{sv}",
+                                      (text, {"dry_run": ("b", args.dry_run)}))[0]
+            except CallError as exc:
+                exc.message = exc.message.replace("manifest line", f"{args.file} line")
+                raise
+            verbs = {"create": "create", "update": "update in place", "recreate": "re-create",
+                     "unchanged": "unchanged"}
+            done = {"create": "created", "update": "updated in place", "recreate": "re-created",
+                    "unchanged": "unchanged"}
+            for box, action, detail in plan:
+                said = (verbs if args.dry_run else done)[action]
+                print(f"{box}: {'would ' if args.dry_run and action != 'unchanged' else ''}"
+                      f"{said}" + (f" ({detail})" if detail else ""))
         elif args.verb == "pull":
             from boxd.pull import pull
 

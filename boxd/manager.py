@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from boxd import boxconf, errors, log, podman
+from boxd import boxconf, errors, log, manifest, podman
 from boxd.config import Config
 from boxd.model import (
     DENIED_ENV,
@@ -60,6 +60,13 @@ class ImageInfo:
     names: list[str]
     size: int
     created: int
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    box: str
+    action: str     # create, update, recreate, unchanged
+    detail: str
 
 
 class BoxObserver(Protocol):
@@ -271,6 +278,48 @@ class BoxManager:
             self._drop_state(name)
             self._forget(box.name)
 
+    async def apply(self, owner_uid: int, entries: list[manifest.BoxEntry],
+                    dry_run: bool) -> list[PlanItem]:
+        """Make the caller's boxes what a manifest says: create what is missing, change in
+        place what the entry point carries (volumes, env, home, packages, hooks: at the next
+        start), re-create what podman cannot change (image, hostname; the home stays, it is the
+        host's). Boxes the manifest does not name are left alone."""
+        plan = [self._plan(owner_uid, entry) for entry in entries]
+        if dry_run:
+            return plan
+        for item, entry in zip(plan, entries, strict=True):
+            image = entry.image or self._config.default_image
+            if item.action == "recreate":
+                await self.remove(entry.name, force=True)
+            if item.action in ("create", "recreate"):
+                await self.create(owner_uid, entry.name, image, entry.options)
+            elif item.action == "update":
+                async with self._lock(entry.name):
+                    self._check_settings(entry.settings, self._owner_lookup(owner_uid))
+                    self._write_settings(entry.name, entry.settings)
+        return plan
+
+    def _plan(self, owner_uid: int, entry: manifest.BoxEntry) -> PlanItem:
+        box = self._boxes.get(entry.name)
+        image = entry.image or self._config.default_image
+        if box is None:
+            return PlanItem(entry.name, "create", f"from {image}")
+        if box.owner != owner_uid:
+            raise errors.AlreadyExists(f"manifest line {entry.line}: box {entry.name!r} "
+                                       "belongs to another user")
+        current = self.settings(entry.name)
+        if box.image != image:
+            return PlanItem(entry.name, "recreate",
+                            f"image {box.image} -> {image}; the home is kept")
+        if current.hostname != entry.settings.hostname:
+            return PlanItem(entry.name, "recreate", "hostname changed; the home is kept")
+        changed = [k for k, v in entry.settings.to_json().items()
+                   if current.to_json().get(k) != v]
+        if not changed:
+            return PlanItem(entry.name, "unchanged", "")
+        return PlanItem(entry.name, "update",
+                        f"{', '.join(changed)} updated in place; applies at the next start")
+
     async def configure(self, name: str, changes: dict[str, Any]) -> BoxSettings:
         """Change a box's settings; the entry point applies them at the next start."""
         self.get(name)
@@ -327,12 +376,15 @@ class BoxManager:
 
     # -- readiness -----------------------------------------------------------------------------
     async def _await_ready(self, name: str, token: str, since: int) -> None:
-        """Read the box's log until its entry point says ready (or why not), or time runs out."""
+        """Read the box's log until its entry point says ready (or why not), or it is silent
+        for start_timeout seconds (installing packages may take minutes, but prints as it goes)."""
         ready = READY_LINE + b" " + token.encode()
         last: list[str] = []
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._config.start_timeout):
+            async with asyncio.timeout(self._config.start_timeout) as silence:
                 async for _stream, line in self._podman.container_logs(name, since=since):
+                    silence.reschedule(loop.time() + self._config.start_timeout)
                     if line == ready:
                         return
                     if line.startswith(ERROR_PREFIX):
@@ -342,7 +394,7 @@ class BoxManager:
                     last = [*last[-4:], line.decode(errors="replace")]
         except TimeoutError:
             raise errors.Timeout(
-                f"box {name!r} did not become ready within {self._config.start_timeout:g} s"
+                f"box {name!r} said nothing for {self._config.start_timeout:g} s and is not ready"
                 + (f"; its last output: {' | '.join(last)}" if last else "")) from None
         # The log ended: the entry point exited without saying ready.
         status = await self._podman.inspect_container(name)

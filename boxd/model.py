@@ -32,6 +32,7 @@ HOST_ROOT_IN_BOX = "/run/host"
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 _HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PACKAGE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9+._:-]{0,127}")
 # Image references: registry/path:tag@digest, conservatively.
 _IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}", re.IGNORECASE)
 # Box paths where a volume would break the box or hide what boxd puts there.
@@ -109,23 +110,31 @@ class BoxSettings:
     hostname: str = ""
     volumes: tuple[Volume, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # Installed with the box's own package manager when they are missing, at start.
+    packages: tuple[str, ...] = ()
+    # sh commands run as root in the box at every start, after boxd's own set-up.
+    hooks: tuple[str, ...] = ()
+
+    KEYS = ("home", "hostname", "volumes", "env", "packages", "hooks")
 
     def to_json(self) -> dict[str, Any]:
         return {"home": self.home, "hostname": self.hostname,
-                "volumes": [str(v) for v in self.volumes], "env": dict(self.env)}
+                "volumes": [str(v) for v in self.volumes], "env": dict(self.env),
+                "packages": list(self.packages), "hooks": list(self.hooks)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BoxSettings:
         return cls(home=data.get("home", ""), hostname=data.get("hostname", ""),
                    volumes=tuple(Volume.parse(v) for v in data.get("volumes", [])),
-                   env=dict(data.get("env", {})))
+                   env=dict(data.get("env", {})), packages=tuple(data.get("packages", [])),
+                   hooks=tuple(data.get("hooks", [])))
 
     def updated(self, changes: Mapping[str, Any]) -> BoxSettings:
-        """Validated settings with `changes` applied: keys home, hostname, volumes, env."""
-        unknown = set(changes) - {"home", "hostname", "volumes", "env"}
+        """Validated settings with `changes` applied (keys: KEYS)."""
+        unknown = set(changes) - set(self.KEYS)
         if unknown:
             raise InvalidArgument(f"unknown option {sorted(unknown)[0]!r}: "
-                                  "known options are home, hostname, volumes, env")
+                                  f"known options are {', '.join(self.KEYS)}")
         values: dict[str, Any] = {}
         if "home" in changes:
             values["home"] = _clean_path(_expect(changes["home"], str, "home"), "home")
@@ -155,6 +164,22 @@ class BoxSettings:
                 if key in DENIED_ENV:
                     raise InvalidArgument(f"{key} may not be set through boxd")
             values["env"] = dict(env)
+        if "packages" in changes:
+            packages = _expect(changes["packages"], list, "packages")
+            if len(packages) > _MAX_VOLUMES or not all(
+                isinstance(p, str) and _PACKAGE_RE.fullmatch(p) for p in packages
+            ):
+                raise InvalidArgument("packages must be at most 64 package names "
+                                      "(letters, digits and + . _ - : only)")
+            values["packages"] = tuple(packages)
+        if "hooks" in changes:
+            hooks = _expect(changes["hooks"], list, "hooks")
+            if len(hooks) > _MAX_VOLUMES or not all(
+                isinstance(h, str) and h.strip() and "\0" not in h and len(h) <= _MAX_VALUE
+                for h in hooks
+            ):
+                raise InvalidArgument("hooks must be at most 64 non-empty sh commands")
+            values["hooks"] = tuple(hooks)
         return dataclasses.replace(self, **values)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from dbus_next import Message, MessageType, Variant
 from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
-from boxd import __version__, authz
+from boxd import __version__, authz, manifest
 from boxd.authz import Authorizer, Caller
 from boxd.bus.dispatch import Dispatcher, current_caller
 from boxd.errors import AccessDenied, InvalidArgument
@@ -24,7 +24,8 @@ JOB_INTERFACE = "io.github.boxd1.Job"
 SESSION_LINGER = 60.0
 
 # CreateBox / Configure options and the D-Bus type each must have.
-_OPTION_TYPES = {"home": "s", "hostname": "s", "volumes": "as", "env": "a{ss}"}
+_OPTION_TYPES = {"home": "s", "hostname": "s", "volumes": "as", "env": "a{ss}",
+                 "packages": "as", "hooks": "as"}
 
 
 def unpack_options(options: dict[str, Variant],
@@ -199,9 +200,8 @@ class BoxInterface(ServiceInterface):
     @method()
     async def GetSettings(self) -> "a{sv}":
         settings = self._service.manager.settings(await self._authorized_name("see"))
-        return {"home": Variant("s", settings.home), "hostname": Variant("s", settings.hostname),
-                "volumes": Variant("as", [str(v) for v in settings.volumes]),
-                "env": Variant("a{ss}", dict(settings.env))}
+        return {key: Variant(_OPTION_TYPES[key], value)
+                for key, value in settings.to_json().items()}
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":
@@ -280,6 +280,25 @@ class ManagerInterface(ServiceInterface):
                                           {"image": reference[:256]}, "pull images")
         return self._service.job_started(
             self._service.jobs.pull(reference, caller.uid, caller.sender))
+
+    @method()
+    async def Apply(self, manifest_text: "s", options: "a{sv}") -> "a(sss)":
+        caller = current_caller()
+        opts = unpack_options(options, {"dry_run": "b"}, "apply option")
+        entries = manifest.parse(manifest_text)
+        dry_run = opts.get("dry_run", False)
+        if not dry_run:
+            names = ",".join(e.name for e in entries)[:256]
+            await self._service.authz.require(caller, authz.CREATE_BOX, {"box": names},
+                                              "create boxes")
+            await self._service.authz.require(caller, authz.MANAGE_OWN_BOX, {"box": names},
+                                              "manage boxes")
+        plan = await self._service.manager.apply(caller.uid, entries, dry_run)
+        return [[item.box, item.action, item.detail] for item in plan]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ManifestSchema(self) -> "s":
+        return manifest.schema_json()
 
     @method()
     async def BuildDefaultImage(self, options: "a{sv}") -> "o":

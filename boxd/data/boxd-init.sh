@@ -8,7 +8,8 @@
 # usable (followed by the start token boxd put in the config), or "boxd-init: error: <why>" before exiting non-zero.
 #
 # The box's current config is a generated sh file, sourced below. It sets BOXD_* variables and defines
-# boxd_apply(), which calls boxd_volume SRC DST MODE and boxd_env NAME VALUE once per item.
+# boxd_apply(), which calls boxd_volume SRC DST MODE and boxd_env NAME VALUE once per item, then
+# boxd_packages NAME... and boxd_hook COMMAND.
 
 set -u
 umask 022
@@ -198,6 +199,39 @@ boxd_volume() {  # boxd_volume HOST_PATH BOX_PATH ro|rw
 boxd_env() {  # boxd_env NAME VALUE: exported in login shells; boxd passes it to sessions itself
     value=$(printf '%s' "$2" | sed "s/'/'\\\\''/g")
     printf "export %s='%s'\n" "$1" "$value" >>"$BOXD_ENV_FILE.new"
+}
+
+package_installed() {
+    if have dpkg-query; then dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"
+    elif have rpm; then rpm -q "$1" >/dev/null 2>&1
+    elif have apk; then apk info -e "$1" >/dev/null 2>&1
+    elif have pacman; then pacman -Q "$1" >/dev/null 2>&1
+    else return 1
+    fi
+}
+
+boxd_packages() {  # boxd_packages NAME...: install what is missing with the box's package manager
+    missing=""
+    for package in "$@"; do
+        package_installed "$package" || missing="$missing $package"
+    done
+    [ -n "$missing" ] || return 0
+    say "installing packages:$missing"
+    # Package names are validated by boxd (no spaces or shell characters): split on purpose.
+    # shellcheck disable=SC2086
+    if have apt-get; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+    elif have dnf; then dnf install -y $missing
+    elif have apk; then apk add $missing
+    elif have pacman; then pacman -Sy --noconfirm $missing
+    elif have zypper; then zypper --non-interactive install $missing
+    else fail "cannot install$missing: boxd knows no package manager in this box"
+    fi || fail "installing$missing failed (see the box's log)"
+}
+
+boxd_hook() {  # boxd_hook COMMAND: run as root at every start
+    sh -c "$1" || fail "the start hook failed: $1"
 }
 
 apply_box_config() {

@@ -1,0 +1,92 @@
+"""Declarative boxes: apply a manifest, change it, apply again; real daemon, podman, users."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bed import BUSYBOX_IMAGE
+from conftest import boxctl_argv
+
+pytestmark = pytest.mark.e2e
+
+
+def apply(boxd, user, home, text, *flags):
+    path = Path(home) / "boxes.yaml"
+    path.write_text(text)
+    return subprocess.run(boxctl_argv(boxd, user, "apply", str(path), *flags),
+                          capture_output=True, timeout=300, cwd="/")
+
+
+def test_apply_create_update_in_place_and_recreate(boxd_bed, alice):
+    user, uid, home = alice["name"], alice["uid"], alice["home"]
+    for name, content in (("one", "first"), ("two", "second")):
+        Path(f"/srv/boxd-m-{name}").mkdir(parents=True, exist_ok=True)
+        Path(f"/srv/boxd-m-{name}/marker").write_text(content)
+    first = ("boxes:\n"
+             "  alice-m1:\n"
+             "    volumes: [/srv/boxd-m-one:/data]\n"
+             "    env: {STAGE: one}\n"
+             "  alice-m2: {}\n")
+    result = apply(boxd_bed, user, home, first, "--dry-run")
+    assert result.stdout.decode().splitlines() == [
+        "alice-m1: would create (from localhost/boxd-debian:12)",
+        "alice-m2: would create (from localhost/boxd-debian:12)"]
+    assert boxd_bed.podman.cli("container", "exists", "alice-m1", check=False).returncode == 1
+
+    result = apply(boxd_bed, user, home, first)
+    assert result.returncode == 0, result.stderr
+    assert "alice-m1: created" in result.stdout.decode()
+    assert boxd_bed.box("alice-m1", "Start", user=user) == {"body": []}
+    m1_id = boxd_bed.podman.inspect("alice-m1")["Id"]
+    assert boxd_bed.exec_in("alice-m1", "cat /data/marker", uid=uid).stdout == b"first"
+
+    second = ("boxes:\n"
+              "  alice-m1:\n"
+              "    volumes: [/srv/boxd-m-two:/data2:ro]\n"
+              "    env: {STAGE: two}\n"
+              "    hooks: [\"echo hooked > /etc/boxd-hook\"]\n"
+              f"  alice-m2: {{image: {BUSYBOX_IMAGE}}}\n")
+    inside_home = Path(home) / "made-in-m2"
+    assert boxd_bed.box("alice-m2", "Start", user=user) == {"body": []}
+    boxd_bed.exec_in("alice-m2", f"echo kept > {inside_home}", uid=uid)
+    m2_id = boxd_bed.podman.inspect("alice-m2")["Id"]
+
+    result = apply(boxd_bed, user, home, second)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "alice-m1: updated in place (volumes, env, hooks updated in place; applies at the " \
+           "next start)" in out
+    assert "alice-m2: re-created (image localhost/boxd-debian:12 -> " in out
+
+    assert boxd_bed.box("alice-m1", "Stop", user=user) == {"body": []}
+    assert boxd_bed.box("alice-m1", "Start", user=user) == {"body": []}
+    assert boxd_bed.podman.inspect("alice-m1")["Id"] == m1_id  # same container
+    assert boxd_bed.exec_in("alice-m1", "cat /data2/marker", uid=uid).stdout == b"second"
+    assert boxd_bed.exec_in("alice-m1", "test -e /data/marker", check=False).returncode != 0
+    profile = boxd_bed.exec_in("alice-m1", ". /etc/profile.d/boxd-env.sh; echo $STAGE", uid=uid)
+    assert profile.stdout == b"two\n"
+    assert boxd_bed.exec_in("alice-m1", "cat /etc/boxd-hook").stdout == b"hooked\n"
+
+    assert boxd_bed.podman.inspect("alice-m2")["Id"] != m2_id  # re-created
+    assert boxd_bed.box("alice-m2", "Start", user=user) == {"body": []}
+    assert boxd_bed.exec_in("alice-m2", f"cat {inside_home}", uid=uid).stdout == b"kept\n"
+
+    result = apply(boxd_bed, user, home, second)
+    assert result.stdout.decode().splitlines() == ["alice-m1: unchanged", "alice-m2: unchanged"]
+    for name in ("alice-m1", "alice-m2"):
+        boxd_bed.box(name, "Remove", "b", [True], user=user)
+
+
+def test_invalid_manifest_names_file_and_line(boxd_bed, alice):
+    result = apply(boxd_bed, alice["name"], alice["home"],
+                   "boxes:\n  alice-bad:\n    imgae: x\n")
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert f"{alice['home']}/boxes.yaml line 3: unknown key 'imgae'" in err
+    result = apply(boxd_bed, alice["name"], alice["home"], "boxes:\n  alice-bad: [\n")
+    assert result.returncode == 1 and "not valid YAML" in result.stderr.decode()
+    assert "line" in result.stderr.decode()
+    assert boxd_bed.podman.cli("container", "exists", "alice-bad", check=False).returncode == 1
