@@ -90,3 +90,23 @@ def test_invalid_manifest_names_file_and_line(boxd_bed, alice):
     assert result.returncode == 1 and "not valid YAML" in result.stderr.decode()
     assert "line" in result.stderr.decode()
     assert boxd_bed.podman.cli("container", "exists", "alice-bad", check=False).returncode == 1
+
+
+def test_packages_are_installed_at_start_with_the_boxs_package_manager(boxd_bed, alice):
+    """apt in a Debian box, from Debian's mirror (the one registry these machines reach)."""
+    user = alice["name"]
+    result = apply(boxd_bed, user, alice["home"], "boxes:\n  alice-pkg: {packages: [less]}\n")
+    assert result.returncode == 0, result.stderr
+    try:
+        assert boxd_bed.exec_in("alice-pkg", "true", check=False).returncode != 0
+        assert boxd_bed.box("alice-pkg", "Start", user=user) == {"body": []}
+        assert boxd_bed.exec_in("alice-pkg", "command -v less").stdout.strip() == b"/usr/bin/less"
+        log = boxd_bed.podman.cli("logs", "alice-pkg").stdout.decode()
+        assert "boxd-init: installing packages: less" in log
+        # Next start: already there, nothing to install.
+        assert boxd_bed.box("alice-pkg", "Stop", user=user) == {"body": []}
+        assert boxd_bed.box("alice-pkg", "Start", user=user) == {"body": []}
+        log = boxd_bed.podman.cli("logs", "alice-pkg").stdout.decode()
+        assert log.count("installing packages") == 1
+    finally:
+        boxd_bed.box("alice-pkg", "Remove", "b", [True], user=user)
