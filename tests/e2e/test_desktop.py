@@ -1,0 +1,79 @@
+"""Desktop plumbing: an X11 client in a box reaches the host's X server, and a D-Bus client in a
+box reaches the user's session bus on the host; both through what boxd passes (DISPLAY,
+DBUS_SESSION_BUS_ADDRESS) and binds (/tmp with the X11 sockets, the user's runtime dir)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import boxctl_argv
+
+pytestmark = pytest.mark.e2e
+DISPLAY = ":77"
+
+
+@pytest.fixture(scope="module")
+def desktop(boxd_bed, alice):
+    if not shutil.which("Xvfb"):
+        pytest.skip("Xvfb is not installed (scripts/install-deps.sh installs it)")
+    xvfb = subprocess.Popen(["Xvfb", DISPLAY, "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    runtime = Path(f"/run/user/{alice['uid']}")
+    runtime.mkdir(parents=True, exist_ok=True)
+    os.chown(runtime, alice["uid"], alice["gid"])
+    runtime.chmod(0o700)
+    bus = runtime / "bus"
+    session_bus = subprocess.Popen(
+        ["runuser", "-u", alice["name"], "--", "dbus-daemon", "--session", "--nofork",
+         f"--address=unix:path={bus}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (bus.exists() and
+                                               Path("/tmp/.X11-unix/X77").exists()):
+        time.sleep(0.05)
+    user = alice["name"]
+    home = Path(alice["home"])
+    (home / "desk.yaml").write_text("boxes:\n  alice-desk: {packages: [x11-utils, dbus-bin]}\n")
+    result = subprocess.run(boxctl_argv(boxd_bed, user, "apply", str(home / "desk.yaml")),
+                            capture_output=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    # Started after the runtime dir exists: the entry point binds it at every start.
+    assert boxd_bed.box("alice-desk", "Start", user=user) == {"body": []}
+    yield {"bus": f"unix:path={bus}"}
+    boxd_bed.box("alice-desk", "Remove", "b", [True])
+    session_bus.terminate()
+    xvfb.terminate()
+    session_bus.wait(10)
+    xvfb.wait(10)
+
+
+def run_in_desk(boxd_bed, alice, env: dict[str, str], *command: str):
+    argv = boxctl_argv(boxd_bed, alice["name"], "run", "alice-desk", "--", *command)
+    at = argv.index("env") + 1
+    argv[at:at] = [f"{k}={v}" for k, v in env.items()]
+    return subprocess.run(argv, capture_output=True, timeout=120, cwd="/")
+
+
+def test_x11_client_in_the_box_reaches_the_host_display(boxd_bed, alice, desktop):
+    result = run_in_desk(boxd_bed, alice, {"DISPLAY": DISPLAY}, "xdpyinfo")
+    assert result.returncode == 0, result.stderr
+    assert b"name of display:    :77" in result.stdout
+    assert b"dimensions:" in result.stdout
+
+
+def test_session_bus_of_the_host_from_the_box(boxd_bed, alice, desktop):
+    result = run_in_desk(boxd_bed, alice, {"DBUS_SESSION_BUS_ADDRESS": desktop["bus"]},
+                         "dbus-send", "--session", "--print-reply", "--dest=org.freedesktop.DBus",
+                         "/org/freedesktop/DBus", "org.freedesktop.DBus.GetId")
+    assert result.returncode == 0, result.stderr
+    host_id = subprocess.run(["runuser", "-u", alice["name"], "--", "dbus-send",
+                              f"--bus={desktop['bus']}", "--print-reply",
+                              "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+                              "org.freedesktop.DBus.GetId"], capture_output=True).stdout
+    assert result.stdout.split(b"string")[-1] == host_id.split(b"string")[-1]
