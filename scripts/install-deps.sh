@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(podman runc conmon dbus polkitd pkexec debootstrap uidmap busybox-static dash docker-registry
-          python3 python3-venv curl ca-certificates systemd tmux xvfb)
+          python3 python3-venv curl ca-certificates systemd tmux xvfb pulseaudio)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

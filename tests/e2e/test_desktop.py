@@ -1,6 +1,7 @@
-"""Desktop plumbing: an X11 client in a box reaches the host's X server, and a D-Bus client in a
-box reaches the user's session bus on the host; both through what boxd passes (DISPLAY,
-DBUS_SESSION_BUS_ADDRESS) and binds (/tmp with the X11 sockets, the user's runtime dir)."""
+"""Desktop plumbing: an X11 client in a box reaches the host's X server, a sound client reaches
+the user's PulseAudio server, and a D-Bus client reaches the user's session bus on the host; all
+through what boxd passes (DISPLAY, XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS) and binds (/tmp with
+the X11 sockets, the user's runtime dir, the home with the Pulse cookie)."""
 
 from __future__ import annotations
 
@@ -33,20 +34,29 @@ def desktop(boxd_bed, alice):
         ["runuser", "-u", alice["name"], "--", "dbus-daemon", "--session", "--nofork",
          f"--address=unix:path={bus}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
+    pulse = subprocess.Popen(
+        ["runuser", "-u", alice["name"], "--", "env", f"XDG_RUNTIME_DIR={runtime}",
+         f"HOME={alice['home']}", "pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n",
+         "--load=module-native-protocol-unix", "--load=module-null-sink"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (bus.exists() and
-                                               Path("/tmp/.X11-unix/X77").exists()):
+    while time.monotonic() < deadline and not (
+            bus.exists() and Path("/tmp/.X11-unix/X77").exists()
+            and (runtime / "pulse" / "native").exists()):
         time.sleep(0.05)
     user = alice["name"]
     home = Path(alice["home"])
-    (home / "desk.yaml").write_text("boxes:\n  alice-desk: {packages: [x11-utils, dbus-bin]}\n")
+    (home / "desk.yaml").write_text(
+        "boxes:\n  alice-desk: {packages: [x11-utils, dbus-bin, pulseaudio-utils]}\n")
     result = subprocess.run(boxctl_argv(boxd_bed, user, "apply", str(home / "desk.yaml")),
                             capture_output=True, cwd="/")
     assert result.returncode == 0, result.stderr
     # Started after the runtime dir exists: the entry point binds it at every start.
     assert boxd_bed.box("alice-desk", "Start", user=user) == {"body": []}
-    yield {"bus": f"unix:path={bus}"}
+    yield {"bus": f"unix:path={bus}", "runtime": str(runtime)}
     boxd_bed.box("alice-desk", "Remove", "b", [True])
+    pulse.terminate()
+    pulse.wait(10)
     session_bus.terminate()
     xvfb.terminate()
     session_bus.wait(10)
@@ -77,3 +87,13 @@ def test_session_bus_of_the_host_from_the_box(boxd_bed, alice, desktop):
                               "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
                               "org.freedesktop.DBus.GetId"], capture_output=True).stdout
     assert result.stdout.split(b"string")[-1] == host_id.split(b"string")[-1]
+
+
+def test_sound_client_in_the_box_reaches_the_users_pulseaudio(boxd_bed, alice, desktop):
+    if not shutil.which("pulseaudio"):
+        pytest.skip("pulseaudio is not installed (scripts/install-deps.sh installs it)")
+    result = run_in_desk(boxd_bed, alice, {"XDG_RUNTIME_DIR": desktop["runtime"]}, "pactl",
+                         "info")
+    assert result.returncode == 0, result.stderr
+    assert f"Server String: {desktop['runtime']}/pulse/native".encode() in result.stdout
+    assert b"Default Sink: null" in result.stdout
