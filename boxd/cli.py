@@ -54,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.add_argument("--quiet", "-q", action="store_true", help="print only the names")
 
+    export = sub.add_parser("export", help="put a box's app or program on the host")
+    export.add_argument("name", metavar="NAME", help="the box")
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--app", help="an application (its .desktop name, e.g. gedit)")
+    what.add_argument("--bin", help="a program in the box, by absolute path: a wrapper in "
+                                    "~/.local/bin")
+    what.add_argument("--list", action="store_true", help="what this box has exported")
+    what.add_argument("--delete", metavar="EXPORT", help="take an export back")
+
+    entry = sub.add_parser("generate-entry",
+                           help="a desktop launcher that opens a terminal in the box")
+    entry.add_argument("name", nargs="?", default=DEFAULT_BOX, metavar="NAME")
+
+    terminal = sub.add_parser("terminal", help="open your terminal emulator in a box")
+    terminal.add_argument("name", nargs="?", default=DEFAULT_BOX, metavar="NAME")
+
     apply = sub.add_parser("apply", help="make your boxes what a manifest (boxes.yaml) says")
     apply.add_argument("file", metavar="FILE", help="the manifest (see docs/manifest.md)")
     apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -133,12 +149,13 @@ BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl c
 _boxctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "create enter run list ls start stop rm apply images image
-                                 pull rmi doctor completion --version --user --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "create enter run list ls start stop rm apply export
+                                 generate-entry terminal images image pull rmi doctor completion
+                                 --version --user --help" -- "$cur"))
         return
     fi
     case $verb in
-    enter|start|stop|rm|remove|run)
+    enter|start|stop|rm|remove|run|export|generate-entry|terminal)
         COMPREPLY=($(compgen -W "$(boxctl list --quiet 2>/dev/null)" -- "$cur")) ;;
     create)
         COMPREPLY=($(compgen -W "--image --home --volume --env --hostname" -- "$cur")) ;;
@@ -154,10 +171,29 @@ def _from_registry(image: str) -> bool:
     return bool(host) and host != "localhost" and ("." in host or ":" in host)
 
 
+# Terminal emulators and how each is told what to run; the first one present wins.
+TERMINALS = [("xdg-terminal-exec", []), ("ptyxis", ["--"]), ("kgx", ["--"]),
+             ("gnome-terminal", ["--"]), ("konsole", ["-e"]), ("xterm", ["-e"])]
+
+
+def open_terminal(name: str) -> int:
+    import shutil
+
+    for program, separator in TERMINALS:
+        path = shutil.which(program)
+        if path:
+            boxctl = shutil.which("boxctl") or sys.argv[0]
+            os.execv(path, [program, *separator, boxctl, "enter", name])
+    raise UsageError("no terminal emulator found (tried "
+                     + ", ".join(p for p, _ in TERMINALS) + "); use 'boxctl enter' in one")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.verb == "completion":
         print(BASH_COMPLETION, end="")
         return 0
+    if args.verb == "terminal":
+        return open_terminal(args.name)
     from boxd.client import BoxdClient, CallError
 
     if args.verb == "doctor":
@@ -180,6 +216,18 @@ def run(args: argparse.Namespace) -> int:
                 pull(client, args.image)
                 client.manager("CreateBox", "ssa{sv}", body)
             print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
+        elif args.verb == "export":
+            if args.list:
+                for kind, export_name, files in client.box(args.name, "ListExports")[0]:
+                    print(f"{kind}\t{export_name}\t{' '.join(files)}")
+            elif args.delete:
+                client.box(args.name, "Unexport", "s", (args.delete,))
+            else:
+                member, target = ("ExportApp", args.app) if args.app else ("ExportBin", args.bin)
+                files = client.box(args.name, member, "s", (target,))[0]
+                print(f"Exported {target} from {args.name}: {files[0]}")
+        elif args.verb == "generate-entry":
+            print(f"Wrote {client.box(args.name, 'GenerateEntry')[0][0]}")
         elif args.verb == "apply":
             try:
                 with open(args.file, encoding="utf-8") as handle:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from boxd import boxconf, errors, log, manifest, podman
 from boxd.config import Config
+from boxd.exports import Export, Exports
 from boxd.model import (
     DENIED_ENV,
     LABEL_MANAGED,
@@ -137,6 +138,7 @@ class BoxManager:
         self._podman_up = False
         config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.sessions = SessionManager(client, config.max_sessions_per_user)
+        self.exports = Exports(client, config.boxes_dir)
         self._subids = (SubidAllocator(Path(config.state_dir) / "subids.json",
                                        config.subid_base, config.subid_size)
                         if config.userns and config.mode == "system" else None)
@@ -266,6 +268,12 @@ class BoxManager:
 
     async def remove(self, name: str, force: bool) -> None:
         box = self.get(name)
+        if box.state in ("running", "starting", "paused") and not force:
+            raise errors.Busy(f"box {name!r} is running; stop it first or remove it with force")
+        if self.exports.files(name):
+            # Removing launchers happens in the box, which may have to start for it.
+            await self._forget_exports(name)
+            force = True
         async with self._lock(name):
             box = self.get(name)
             if box.state in ("running", "starting", "paused") and not force:
@@ -319,6 +327,35 @@ class BoxManager:
             return PlanItem(entry.name, "unchanged", "")
         return PlanItem(entry.name, "update",
                         f"{', '.join(changed)} updated in place; applies at the next start")
+
+    # -- exports: launchers, apps and wrappers in the owner's home, written from the box ---------
+    async def export(self, name: str, kind: str, target: str = "") -> Export:
+        box = await self._running(name)
+        owner = self._owner_lookup(box.owner)
+        with self._podman_errors():
+            if kind == "app":
+                return await self.exports.export_app(name, owner, target)
+            if kind == "bin":
+                return await self.exports.export_bin(name, owner, target)
+            return await self.exports.launcher(name, owner)
+
+    async def unexport(self, name: str, export_name: str) -> None:
+        box = await self._running(name)
+        with self._podman_errors():
+            await self.exports.unexport(name, self._owner_lookup(box.owner), export_name)
+
+    async def _forget_exports(self, name: str) -> None:
+        try:
+            box = await self._running(name)
+            with self._podman_errors():
+                await self.exports.forget_box(name, self._owner_lookup(box.owner))
+        except errors.BoxdError as exc:
+            _log.warning("exports_left_behind", box=name, files=self.exports.files(name),
+                         error=exc.message)
+
+    async def _running(self, name: str) -> BoxInfo:
+        box = self.get(name)
+        return box if box.state == "running" else await self.start(name)
 
     async def configure(self, name: str, changes: dict[str, Any]) -> BoxSettings:
         """Change a box's settings; the entry point applies them at the next start."""

@@ -305,3 +305,36 @@ def _make_raw(stdin: FdStream | None) -> Callable[[], None] | None:
             termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
     return restore
+
+
+async def run_captured(client: podman.PodmanClient, box: str, argv: list[str], user: str,
+                       stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    """Run a short command in a box, feed it `stdin`, collect its output: for boxd's own work in
+    a box, done with the box user's rights rather than the daemon's."""
+    exec_id = await client.exec_create(box, {"Cmd": argv, "User": user, "AttachStdout": True,
+                                             "AttachStderr": True, "Tty": False,
+                                             "AttachStdin": stdin is not None})
+    stream = await client.exec_start(exec_id, tty=False)
+    if stdin is not None:
+        stream.writer.write(stdin)
+        await stream.writer.drain()
+        stream.writer.write_eof()
+    buffer = bytearray(stream.initial)
+    try:
+        while data := await stream.reader.read(1 << 20):
+            buffer += data
+    finally:
+        stream.writer.close()
+    out, err = bytearray(), bytearray()
+    offset = 0
+    while len(buffer) - offset >= _FRAME.size:
+        kind, length = _FRAME.unpack_from(buffer, offset)
+        (err if kind == 2 else out).extend(buffer[offset + _FRAME.size:offset + _FRAME.size
+                                                  + length])
+        offset += _FRAME.size + length
+    for _ in range(50):
+        info = await client.exec_inspect(exec_id)
+        if not info.get("Running"):
+            return int(info.get("ExitCode", UNKNOWN_STATUS)), bytes(out), bytes(err)
+        await asyncio.sleep(0.02)
+    return UNKNOWN_STATUS, bytes(out), bytes(err)

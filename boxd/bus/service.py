@@ -198,6 +198,31 @@ class BoxInterface(ServiceInterface):
         return self._service.session_opened(session)
 
     @method()
+    async def ExportApp(self, app: "s") -> "as":
+        name = await self._authorized_name("export from")
+        return (await self._service.manager.export(name, "app", app)).files
+
+    @method()
+    async def ExportBin(self, path: "s") -> "as":
+        name = await self._authorized_name("export from")
+        return (await self._service.manager.export(name, "bin", path)).files
+
+    @method()
+    async def GenerateEntry(self) -> "as":
+        name = await self._authorized_name("make a launcher for")
+        return (await self._service.manager.export(name, "launcher")).files
+
+    @method()
+    async def Unexport(self, export_name: "s"):
+        name = await self._authorized_name("change the exports of")
+        await self._service.manager.unexport(name, export_name)
+
+    @method()
+    async def ListExports(self) -> "a(ssas)":
+        name = await self._authorized_name("see")
+        return [[e.kind, e.name, e.files] for e in self._service.manager.exports.list(name)]
+
+    @method()
     async def GetSettings(self) -> "a{sv}":
         settings = self._service.manager.settings(await self._authorized_name("see"))
         return {key: Variant(_OPTION_TYPES[key], value)
