@@ -49,3 +49,19 @@ def test_no_sequences_outside_vte_terminals(boxd_bed, alice, term_box):
         assert b"]777;" not in term.output
     finally:
         term.close()
+
+
+def test_the_shipped_terminal_example_spawns_with_its_own_pty(boxd_bed, alice, term_box):
+    """examples/terminal-spawn.py: Spawn with a PTY follower as fds 0-2, output read from the
+    master, the exit status from Exited."""
+    import subprocess
+    import sys
+
+    from bed import REPO
+
+    argv = ["runuser", "-u", alice["name"], "--", "env", f"BOXD_BUS_ADDRESS={boxd_bed.address}",
+            sys.executable, "-", "alice-term", "sh", "-c", "tty; stty size; exit 5"]
+    result = subprocess.run(argv, input=(REPO / "examples" / "terminal-spawn.py").read_bytes(),
+                            capture_output=True, timeout=60, cwd="/")
+    assert result.returncode == 5, result.stderr
+    assert b"/dev/pts/" in result.stdout and b"24 80" in result.stdout
