@@ -23,8 +23,10 @@ DISPLAY = ":77"
 def desktop(boxd_bed, alice):
     if not shutil.which("Xvfb"):
         pytest.skip("Xvfb is not installed (scripts/install-deps.sh installs it)")
-    xvfb = subprocess.Popen(["Xvfb", DISPLAY, "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # -noreset: the X server must keep what the box drew after the box's client disconnects.
+    xvfb = subprocess.Popen(["Xvfb", DISPLAY, "-nolisten", "tcp", "-noreset"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     runtime = Path(f"/run/user/{alice['uid']}")
     runtime.mkdir(parents=True, exist_ok=True)
     os.chown(runtime, alice["uid"], alice["gid"])
@@ -47,7 +49,8 @@ def desktop(boxd_bed, alice):
     user = alice["name"]
     home = Path(alice["home"])
     (home / "desk.yaml").write_text(
-        "boxes:\n  alice-desk: {packages: [x11-utils, dbus-bin, pulseaudio-utils]}\n")
+        "boxes:\n  alice-desk: {packages: [x11-utils, x11-xserver-utils, dbus-bin, "
+        "pulseaudio-utils]}\n")
     result = subprocess.run(boxctl_argv(boxd_bed, user, "apply", str(home / "desk.yaml")),
                             capture_output=True, cwd="/")
     assert result.returncode == 0, result.stderr
@@ -75,6 +78,38 @@ def test_x11_client_in_the_box_reaches_the_host_display(boxd_bed, alice, desktop
     assert result.returncode == 0, result.stderr
     assert b"name of display:    :77" in result.stdout
     assert b"dimensions:" in result.stdout
+
+
+def test_x11_client_in_the_box_draws_on_the_host_screen(boxd_bed, alice, desktop):
+    """xsetroot in the box paints the host display's root window; a screenshot taken on the host
+    (xwd) shows it: every pixel is the colour the box asked for, not the blank black."""
+    if not shutil.which("xwd"):
+        pytest.skip("xwd is not installed (x11-apps)")
+    result = run_in_desk(boxd_bed, alice, {"DISPLAY": DISPLAY}, "xsetroot", "-solid", "#ff0000")
+    assert result.returncode == 0, result.stderr
+    shot = subprocess.run(["xwd", "-root", "-silent", "-display", DISPLAY],
+                          capture_output=True, check=True).stdout
+    colours = _xwd_colours(shot)
+    assert colours == {(255, 0, 0)}, f"screen colours: {sorted(colours)[:5]}"
+
+
+def _xwd_colours(data: bytes) -> set[tuple[int, int, int]]:
+    """The distinct RGB colours of a 24/32-bit TrueColor XWD screenshot."""
+    import struct
+
+    fields = struct.unpack(">25I", data[:100])
+    header_size, width, height = fields[0], fields[4], fields[5]
+    byte_order, bits_per_pixel, bytes_per_line = fields[7], fields[11], fields[12]
+    ncolors = fields[19]
+    assert bits_per_pixel == 32, bits_per_pixel
+    pixels = data[header_size + ncolors * 12:]
+    order = "<" if byte_order == 0 else ">"
+    seen = set()
+    for y in range(0, height, max(1, height // 16)):
+        for x in range(0, width, max(1, width // 16)):
+            (value,) = struct.unpack_from(f"{order}I", pixels, y * bytes_per_line + x * 4)
+            seen.add(((value >> 16) & 0xFF, (value >> 8) & 0xFF, value & 0xFF))
+    return seen
 
 
 def test_session_bus_of_the_host_from_the_box(boxd_bed, alice, desktop):
