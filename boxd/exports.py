@@ -17,7 +17,8 @@ from boxd import desktop, errors, podman
 from boxd.model import Owner
 from boxd.sessions import run_captured
 
-_APP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+APP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_APP_RE = APP_NAME_RE
 APP_DIRS = ("/usr/share/applications", "/usr/local/share/applications")
 FIND_APP = ("for d in " + " ".join(APP_DIRS) + "; do "
             '[ -f "$d/$BOXD_APP.desktop" ] && exec cat "$d/$BOXD_APP.desktop"; done; exit 3')

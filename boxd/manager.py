@@ -305,6 +305,10 @@ class BoxManager:
                 async with self._lock(entry.name):
                     self._check_settings(entry.settings, self._owner_lookup(owner_uid))
                     self._write_settings(entry.name, entry.settings)
+            exported = {e.name for e in self.exports.list(entry.name) if e.kind == "app"}
+            for app in entry.exports:
+                if app not in exported:  # exporting starts the box: only when there is work
+                    await self.export(entry.name, "app", app)
         return plan
 
     def _plan(self, owner_uid: int, entry: manifest.BoxEntry) -> PlanItem:
@@ -323,6 +327,9 @@ class BoxManager:
             return PlanItem(entry.name, "recreate", "hostname changed; the home is kept")
         changed = [k for k, v in entry.settings.to_json().items()
                    if current.to_json().get(k) != v]
+        exported = {e.name for e in self.exports.list(entry.name) if e.kind == "app"}
+        if set(entry.exports) - exported:
+            changed.append("exports")
         if not changed:
             return PlanItem(entry.name, "unchanged", "")
         return PlanItem(entry.name, "update",

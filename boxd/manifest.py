@@ -20,11 +20,12 @@ from typing import Any
 import yaml
 
 from boxd.errors import BoxdError, InvalidArgument
+from boxd.exports import APP_NAME_RE as _APP_RE
 from boxd.model import BoxSettings, validate_image, validate_name
 
 # What each box entry may say, with the YAML type each key must have.
 BOX_KEYS: dict[str, type] = {"image": str, "home": str, "hostname": str, "volumes": list,
-                             "env": dict, "packages": list, "hooks": list}
+                             "env": dict, "packages": list, "hooks": list, "exports": list}
 MAX_BOXES = 64
 
 SCHEMA: dict[str, Any] = {
@@ -52,6 +53,8 @@ SCHEMA: dict[str, Any] = {
                              "description": "installed at start when missing"},
                 "hooks": {"type": "array", "items": {"type": "string"},
                           "description": "sh commands run as root at every start"},
+                "exports": {"type": "array", "items": {"type": "string"},
+                            "description": "applications (.desktop names) to put on the host"},
             },
         },
     }},
@@ -67,6 +70,7 @@ class BoxEntry:
     name: str
     image: str                 # "" means the default image
     options: dict[str, Any]    # CreateBox options, validated
+    exports: tuple[str, ...]   # applications to export
     settings: BoxSettings      # what those options make
     line: int
 
@@ -110,7 +114,7 @@ def _entry(name_node: yaml.Node, box_node: yaml.Node) -> BoxEntry:
     except BoxdError as exc:
         raise InvalidArgument(f"manifest line {line}: {exc.message}") from None
     if isinstance(box_node, yaml.ScalarNode) and box_node.value in ("", "~", "null"):
-        return BoxEntry(name, "", {}, BoxSettings(), line)
+        return BoxEntry(name, "", {}, (), BoxSettings(), line)
     _mapping(box_node, f"box {name!r}")
     values: dict[str, Any] = {}
     for key_node, value_node in box_node.value:
@@ -124,13 +128,17 @@ def _entry(name_node: yaml.Node, box_node: yaml.Node) -> BoxEntry:
                                   f"{_kind(BOX_KEYS[key])}")
         values[key] = value
     image = values.pop("image", "")
+    exports = values.pop("exports", [])
+    if not all(isinstance(e, str) and _APP_RE.fullmatch(e) for e in exports):
+        raise InvalidArgument(f"manifest line {line} (box {name!r}): exports must be "
+                              "application names such as org.gnome.TextEditor")
     try:
         if image:
             validate_image(image)
         settings = BoxSettings().updated(values)
     except BoxdError as exc:
         raise InvalidArgument(f"manifest line {line} (box {name!r}): {exc.message}") from None
-    return BoxEntry(name, image, values, settings, line)
+    return BoxEntry(name, image, values, tuple(exports), settings, line)
 
 
 def _mapping(node: yaml.Node, what: str) -> dict[str, yaml.Node]:

@@ -172,8 +172,10 @@ ensure_sudo() {
 # -- what the host shares ---------------------------------------------------------------------------
 
 share_host_paths() {
+    # The Kerberos KCM socket, like Toolbx; ssh-agent, Wayland, PipeWire/Pulse and the session
+    # bus live in /tmp or the runtime dir below.
     for path in /tmp /etc/machine-id /var/log/journal /run/systemd/journal /media /mnt /srv \
-        /run/media /var/mnt /run/udev/data; do
+        /run/media /var/mnt /run/udev/data /run/.heim_org.h5l.kcm-socket; do
         bind_from_host "$path"
     done
     if [ -d "$HOST/run/user/$BOXD_UID" ]; then

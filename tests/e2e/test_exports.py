@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import boxctl_argv
 
@@ -99,3 +100,24 @@ def test_export_app_bin_and_launcher_then_removal_cleans_up(boxd_bed, alice, app
     assert boxctl(boxd_bed, alice, "stop", app_box).returncode == 0
     assert boxctl(boxd_bed, alice, "rm", app_box).returncode == 0  # starts it to clean up
     assert not entry.exists() and not icon.exists() and not own.exists()
+
+
+def test_manifest_exports_apps(boxd_bed, alice):
+    """A manifest's exports: the app (here made by a start hook) lands on the host on apply."""
+    home = Path(alice["home"])
+    hook = ("mkdir -p /usr/share/applications && printf '%s\\n' '[Desktop Entry]' "
+            "'Type=Application' 'Name=Hooked' 'Exec=true' > "
+            "/usr/share/applications/hooked.desktop")
+    manifest = home / "exports.yaml"
+    manifest.write_text(yaml.safe_dump(
+        {"boxes": {"alice-mx": {"hooks": [hook], "exports": ["hooked"]}}}))
+    result = boxctl(boxd_bed, alice, "apply", str(manifest))
+    assert result.returncode == 0, result.stderr
+    entry = home / ".local/share/applications/boxd-alice-mx-hooked.desktop"
+    try:
+        assert "Name=Hooked (on alice-mx)" in entry.read_text()
+        again = boxctl(boxd_bed, alice, "apply", str(manifest))
+        assert again.stdout.decode().strip() == "alice-mx: unchanged"
+    finally:
+        boxctl(boxd_bed, alice, "rm", "-f", "alice-mx")
+    assert not entry.exists()

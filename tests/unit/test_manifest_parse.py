@@ -47,4 +47,5 @@ def test_yaml_errors_carry_their_line():
 
 def test_schema_names_every_key():
     keys = SCHEMA["properties"]["boxes"]["additionalProperties"]["properties"]
-    assert set(keys) == {"image", "home", "hostname", "volumes", "env", "packages", "hooks"}
+    assert set(keys) == {"image", "home", "hostname", "volumes", "env", "packages", "hooks",
+                         "exports"}
