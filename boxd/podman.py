@@ -6,6 +6,7 @@ It knows containers, images and events; it knows nothing about boxes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -220,18 +221,8 @@ class PodmanClient:
         name, tag = split_reference(reference)
         params = {"fromImage": name, **({"tag": tag} if tag else {})}
         url = f"http://podman{API.removesuffix('/libpod')}/images/create"
-        try:
-            async with self._http.stream("POST", url, params=params,
-                                         timeout=httpx.Timeout(self._timeout, read=None)) as resp:
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    _raise_for_status(resp)
-                async for line in resp.aiter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                FileNotFoundError) as exc:
-            raise PodmanUnavailable(f"lost podman during the pull: {exc}") from None
+        async for event in self._json_lines("POST", url, params, "the pull"):
+            yield event
 
     async def remove_image(self, reference: str, force: bool = False) -> None:
         await self._request("DELETE", f"/images/{reference}",
@@ -252,40 +243,44 @@ class PodmanClient:
                      ) -> AsyncIterator[dict[str, Any]]:
         """Follow podman's event stream; ends (or raises PodmanUnavailable) if podman goes away."""
         params = {"stream": "true", **_filters(filters)}
+        async for event in self._json_lines("GET", "/events", params, "the event stream"):
+            yield event
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, method: str, url: str, params: Mapping[str, Any], what: str
+                      ) -> AsyncIterator[httpx.Response]:
+        """A streaming response with no read timeout; podman going away is PodmanUnavailable."""
         try:
-            async with self._http.stream("GET", "/events", params=params,
+            async with self._http.stream(method, url, params=params,
                                          timeout=httpx.Timeout(self._timeout, read=None)) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     _raise_for_status(resp)
-                async for line in resp.aiter_lines():
-                    if line.strip():
-                        yield json.loads(line)
+                yield resp
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
                 FileNotFoundError) as exc:
-            raise PodmanUnavailable(f"lost podman's event stream: {exc}") from None
+            raise PodmanUnavailable(f"lost podman during {what}: {exc}") from None
+
+    async def _json_lines(self, method: str, url: str, params: Mapping[str, Any], what: str
+                          ) -> AsyncIterator[dict[str, Any]]:
+        async with self._stream(method, url, params, what) as resp:
+            async for line in resp.aiter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     async def _stream_frames(self, path: str, params: Mapping[str, Any]
                              ) -> AsyncIterator[tuple[int, bytes]]:
         """Read podman's multiplexed stream: 8-byte headers [stream, 0, 0, 0, length (BE)]."""
-        try:
-            async with self._http.stream("GET", path, params=params,
-                                         timeout=httpx.Timeout(self._timeout, read=None)) as resp:
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    _raise_for_status(resp)
-                buffer = b""
-                async for chunk in resp.aiter_raw():
-                    buffer += chunk
-                    while len(buffer) >= 8:
-                        stream, length = struct.unpack(">BxxxI", buffer[:8])
-                        if len(buffer) < 8 + length:
-                            break
-                        yield stream, buffer[8:8 + length]
-                        buffer = buffer[8 + length:]
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                FileNotFoundError) as exc:
-            raise PodmanUnavailable(f"lost podman's stream: {exc}") from None
+        async with self._stream("GET", path, params, "a log stream") as resp:
+            buffer = b""
+            async for chunk in resp.aiter_raw():
+                buffer += chunk
+                while len(buffer) >= 8:
+                    stream, length = struct.unpack(">BxxxI", buffer[:8])
+                    if len(buffer) < 8 + length:
+                        break
+                    yield stream, buffer[8:8 + length]
+                    buffer = buffer[8 + length:]
 
 
 async def _read_body(http: h11.Connection, reader: asyncio.StreamReader) -> bytes:

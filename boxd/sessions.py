@@ -258,13 +258,17 @@ class SessionManager:
             buffer += data
 
     async def _exit_status(self, exec_id: str) -> int:
-        # The stream ends as the process exits; podman records the code a moment later.
-        for _ in range(50):
-            info = await self._podman.exec_inspect(exec_id)
-            if not info.get("Running"):
-                return int(info.get("ExitCode", UNKNOWN_STATUS))
-            await asyncio.sleep(0.02)
-        return UNKNOWN_STATUS
+        return await exit_status(self._podman, exec_id)
+
+
+async def exit_status(client: podman.PodmanClient, exec_id: str) -> int:
+    # The stream ends as the process exits; podman records the code a moment later.
+    for _ in range(50):
+        info = await client.exec_inspect(exec_id)
+        if not info.get("Running"):
+            return int(info.get("ExitCode", UNKNOWN_STATUS))
+        await asyncio.sleep(0.02)
+    return UNKNOWN_STATUS
 
 
 async def _write(target: FdStream | None, data: bytes | memoryview) -> None:
@@ -332,9 +336,4 @@ async def run_captured(client: podman.PodmanClient, box: str, argv: list[str], u
         (err if kind == 2 else out).extend(buffer[offset + _FRAME.size:offset + _FRAME.size
                                                   + length])
         offset += _FRAME.size + length
-    for _ in range(50):
-        info = await client.exec_inspect(exec_id)
-        if not info.get("Running"):
-            return int(info.get("ExitCode", UNKNOWN_STATUS)), bytes(out), bytes(err)
-        await asyncio.sleep(0.02)
-    return UNKNOWN_STATUS, bytes(out), bytes(err)
+    return await exit_status(client, exec_id), bytes(out), bytes(err)
