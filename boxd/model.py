@@ -279,6 +279,8 @@ def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings
                    LABEL_VERSION: __version__},
         "entrypoint": ["/bin/sh", INIT_PATH_IN_BOX],
         "command": [],
+        # The entry point sets the box up as root (in the box); keep-id would default to the user.
+        "user": "0:0",
         "netns": {"nsmode": "host"},
         "pidns": {"nsmode": "host"},
         "ipcns": {"nsmode": "host"},

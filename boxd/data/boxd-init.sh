@@ -127,7 +127,8 @@ ensure_group() {
 }
 
 remove_user() {
-    if have userdel; then userdel "$1"; elif have deluser; then deluser "$1"; else
+    # -f: the box shares the host's pid namespace, so the user's host processes are visible.
+    if have userdel; then userdel -f "$1"; elif have deluser; then deluser "$1"; else
         sed -i "/^$1:/d" /etc/passwd /etc/shadow 2>/dev/null
     fi >/dev/null 2>&1
 }
@@ -137,19 +138,32 @@ ensure_user() {
     wanted="$BOXD_USER:$BOXD_UID:$BOXD_GID:$BOXD_HOME:$shell"
     current=$(awk -F: -v u="$BOXD_USER" '$1 == u { print $1 ":" $3 ":" $4 ":" $6 ":" $7; exit }' /etc/passwd)
     [ "$current" = "$wanted" ] && return 0
+    case $current in
+    "$BOXD_USER:$BOXD_UID:"*)
+        # Same name and uid (a changed shell, or podman's keep-id entry): fix group, home and
+        # shell in place; no tool, no process checks, no chown of the home.
+        awk -F: -v OFS=: -v u="$BOXD_USER" -v g="$BOXD_GID" -v h="$BOXD_HOME" -v s="$shell" \
+            '$1 == u { $4 = g; $6 = h; $7 = s } { print }' /etc/passwd >/etc/passwd.boxd-new &&
+            cat /etc/passwd.boxd-new >/etc/passwd && rm -f /etc/passwd.boxd-new ||
+            fail "cannot update user $BOXD_USER in the box"
+        return 0
+        ;;
+    esac
     # Whatever holds our name or our uid in the image gives way (never `usermod -u`: it would chown
     # the home, which is the host's).
     [ -n "$current" ] && remove_user "$BOXD_USER"
     other=$(passwd_field /etc/passwd 3 "$BOXD_UID" 1)
     [ -n "$other" ] && remove_user "$other"
     if have useradd; then
-        useradd --no-create-home --uid "$BOXD_UID" --gid "$BOXD_GID" --home-dir "$BOXD_HOME" \
-            --shell "$shell" "$BOXD_USER"
+        out=$(useradd --no-create-home --uid "$BOXD_UID" --gid "$BOXD_GID" \
+            --home-dir "$BOXD_HOME" --shell "$shell" "$BOXD_USER" 2>&1)
     elif have adduser; then
-        adduser -D -H -u "$BOXD_UID" -G "$BOXD_GROUP" -h "$BOXD_HOME" -s "$shell" "$BOXD_USER"
+        out=$(adduser -D -H -u "$BOXD_UID" -G "$BOXD_GROUP" -h "$BOXD_HOME" -s "$shell" \
+            "$BOXD_USER" 2>&1)
     else
-        printf '%s:x:%s:%s::%s:%s\n' "$BOXD_USER" "$BOXD_UID" "$BOXD_GID" "$BOXD_HOME" "$shell" >>/etc/passwd
-    fi || fail "cannot create user $BOXD_USER ($BOXD_UID) in the box"
+        out=$(printf '%s:x:%s:%s::%s:%s\n' "$BOXD_USER" "$BOXD_UID" "$BOXD_GID" "$BOXD_HOME" \
+            "$shell" 2>&1 >>/etc/passwd)
+    fi || fail "cannot create user $BOXD_USER ($BOXD_UID) in the box: $out"
 }
 
 ensure_sudo() {

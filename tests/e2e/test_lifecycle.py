@@ -144,3 +144,23 @@ def test_state_follows_podman_events(boxd_bed, alice):
         time.sleep(0.1)
     assert state == 's "stopped"'
     assert boxd.box("alice-ev", "Remove", "b", [False], user=user) == {"body": []}
+
+
+def test_a_changed_login_shell_reaches_the_box_at_its_next_start(boxd_bed, alice):
+    """The entry point updates an existing user in place (the box sees the host's processes, so
+    userdel would refuse while the user has any)."""
+    user, uid = alice["name"], alice["uid"]
+    assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", ["alice-shell", "", {}],
+                                           user=user)
+    start(boxd_bed, "alice-shell", user)
+    sleeper = subprocess.Popen(["runuser", "-u", user, "--", "sleep", "60"])
+    try:
+        subprocess.run(["usermod", "-s", "/bin/sh", user], check=True)
+        assert boxd_bed.box("alice-shell", "Stop", user=user) == {"body": []}
+        start(boxd_bed, "alice-shell", user)
+        entry = inside(boxd_bed, "alice-shell", f"grep '^{user}:' /etc/passwd", uid)
+        assert entry.strip().endswith(":/bin/sh")
+    finally:
+        subprocess.run(["usermod", "-s", "/bin/bash", user], check=True)
+        sleeper.kill()
+        boxd_bed.box("alice-shell", "Remove", "b", [True], user=user)
