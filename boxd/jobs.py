@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from boxd import errors, log, podman
+from boxd import log, podman
 
 _log = log.get("boxd.jobs")
 
@@ -77,12 +77,6 @@ class JobManager:
         self._ids = itertools.count(1)
         self._jobs: dict[str, Job] = {}
         self.observer = JobObserver()
-
-    def get(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise errors.NotFound(f"there is no job {job_id}")
-        return job
 
     def forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

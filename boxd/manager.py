@@ -305,10 +305,8 @@ class BoxManager:
                 async with self._lock(entry.name):
                     self._check_settings(entry.settings, self._owner_lookup(owner_uid))
                     self._write_settings(entry.name, entry.settings)
-            exported = {e.name for e in self.exports.list(entry.name) if e.kind == "app"}
-            for app in entry.exports:
-                if app not in exported:  # exporting starts the box: only when there is work
-                    await self.export(entry.name, "app", app)
+            for app in self._unexported(entry):  # exporting starts the box: only if needed
+                await self.export(entry.name, "app", app)
         return plan
 
     def _plan(self, owner_uid: int, entry: manifest.BoxEntry) -> PlanItem:
@@ -325,15 +323,18 @@ class BoxManager:
                             f"image {box.image} -> {image}; the home is kept")
         if current.hostname != entry.settings.hostname:
             return PlanItem(entry.name, "recreate", "hostname changed; the home is kept")
-        changed = [k for k, v in entry.settings.to_json().items()
-                   if current.to_json().get(k) != v]
-        exported = {e.name for e in self.exports.list(entry.name) if e.kind == "app"}
-        if set(entry.exports) - exported:
+        now = current.to_json()
+        changed = [k for k, v in entry.settings.to_json().items() if now.get(k) != v]
+        if self._unexported(entry):
             changed.append("exports")
         if not changed:
             return PlanItem(entry.name, "unchanged", "")
         return PlanItem(entry.name, "update",
                         f"{', '.join(changed)} updated in place; applies at the next start")
+
+    def _unexported(self, entry: manifest.BoxEntry) -> list[str]:
+        exported = {e.name for e in self.exports.list(entry.name) if e.kind == "app"}
+        return [app for app in entry.exports if app not in exported]
 
     # -- exports: launchers, apps and wrappers in the owner's home, written from the box ---------
     async def export(self, name: str, kind: str, target: str = "") -> Export:
@@ -381,10 +382,9 @@ class BoxManager:
         """Run a command (or the login shell) in a box as its owner, starting the box if needed.
         `fds` are boxd's own duplicates of the caller's fds; the session owns them from here."""
         try:
-            box = self.get(name)
+            self.get(name)
             _check_command(argv, cwd, env, login_shell)
-            if box.state != "running":
-                box = await self.start(name)
+            box = await self._running(name)
             owner = self._owner_lookup(box.owner)
             settings = self.settings(name)
             home = settings.home or owner.home
@@ -396,8 +396,7 @@ class BoxManager:
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=dict(fds),
-                                   user=user, home=home, tty=tty,
-                                   login_shell=login_shell)
+                                   user=user, tty=tty, login_shell=login_shell)
             fds = {}  # handed over
             with self._podman_errors():
                 return await self.sessions.spawn(request, caller_uid, caller_sender)

@@ -56,7 +56,6 @@ class SpawnRequest:
     env: dict[str, str]
     fds: dict[int, int]          # 0/1/2 -> caller's fd (boxd's own duplicate; the session owns it)
     user: str                    # "uid:gid" inside the box
-    home: str
     tty: bool
     login_shell: bool = False
 
@@ -128,12 +127,6 @@ class SessionManager:
         self._ids = itertools.count(1)
         self.on_exit: Callable[[Session], None] = lambda session: None
 
-    def get(self, session_id: str) -> Session:
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise errors.NotFound(f"there is no session {session_id}")
-        return session
-
     def forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
 
@@ -190,7 +183,7 @@ class SessionManager:
         status = UNKNOWN_STATUS
         try:
             await self._drain_output(session, stream, fds)
-            status = await self._exit_status(session.exec_id)
+            status = await exit_status(self._podman, session.exec_id)
         except Exception:
             _log.exception("session_crashed", session=session.id, box=session.box)
         finally:
@@ -256,9 +249,6 @@ class SessionManager:
             if not data:
                 return
             buffer += data
-
-    async def _exit_status(self, exec_id: str) -> int:
-        return await exit_status(self._podman, exec_id)
 
 
 async def exit_status(client: podman.PodmanClient, exec_id: str) -> int:

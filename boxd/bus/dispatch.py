@@ -175,25 +175,30 @@ class Dispatcher:
         await self._answer(msg, run)
 
     async def _answer(self, msg: Message, run: Callable[[], Awaitable[Message]]) -> None:
+        """Run a call and reply: its result, or a named io.github.boxd1.Error with one plain
+        sentence; one log event per call, with the caller."""
         started = time.monotonic()
+        outcome: dict[str, Any] = {}
         try:
             reply = await run()
         except errors.BoxdError as exc:
             reply = Message.new_error(msg, ERROR_PREFIX + exc.code, exc.message)
-            _log.info("call_failed", method=msg.member, path=msg.path, error=exc.code,
-                      message=exc.message,
-                      duration_ms=round((time.monotonic() - started) * 1000, 1))
+            outcome = {"error": exc.code, "message": exc.message}
         except Exception:
+            # Never let Python's view of a failure reach the caller; keep it in our log.
             _log.exception("call_crashed", method=msg.member, path=msg.path)
             reply = Message.new_error(msg, ERROR_PREFIX + "Internal",
                                       "boxd hit an internal error; the daemon's log has details")
+            outcome = {"error": "Internal"}
+        caller = _current.get(None)
+        _log.info("call_failed" if outcome else "call", method=msg.member, path=msg.path,
+                  caller_uid=caller.uid if caller else -1,
+                  duration_ms=round((time.monotonic() - started) * 1000, 1), **outcome)
         self._reply(msg, reply)
 
     async def _serve(self, msg: Message, interface: ServiceInterface, method: Any) -> None:
-        started = time.monotonic()
-        uid = -1
-        try:
-            uid = (await self._caller(msg)).uid
+        async def run() -> Message:
+            await self._caller(msg)
             try:
                 args = ServiceInterface._msg_body_to_args(msg)
             except (IndexError, TypeError):
@@ -201,25 +206,15 @@ class Dispatcher:
                     "a file descriptor index does not match the fds sent with the call") from None
             result = await method.fn(interface, *args)
             body, fds = ServiceInterface._fn_result_to_body(result, method.out_signature_tree)
-            reply = Message.new_method_return(msg, method.out_signature, body, fds)
-            _log.info("call", method=msg.member, path=msg.path, caller_uid=uid,
-                      duration_ms=round((time.monotonic() - started) * 1000, 1))
-        except errors.BoxdError as exc:
-            reply = Message.new_error(msg, ERROR_PREFIX + exc.code, exc.message)
-            _log.info("call_failed", method=msg.member, path=msg.path, caller_uid=uid,
-                      error=exc.code, message=exc.message,
-                      duration_ms=round((time.monotonic() - started) * 1000, 1))
-        except Exception:
-            # Never let Python's view of a failure reach the caller; keep it in our log.
-            _log.exception("call_crashed", method=msg.member, path=msg.path, caller_uid=uid)
-            reply = Message.new_error(msg, ERROR_PREFIX + "Internal",
-                                      "boxd hit an internal error; the daemon's log has details")
+            return Message.new_method_return(msg, method.out_signature, body, fds)
+
+        try:
+            await self._answer(msg, run)
         finally:
             # A message's fds belong to the call: a method that keeps one dups it.
             for fd in msg.unix_fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._reply(msg, reply)
 
     def forget_sender(self, sender: str) -> None:
         self._credentials.pop(sender, None)

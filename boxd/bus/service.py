@@ -58,15 +58,13 @@ class SessionInterface(ServiceInterface):
         self._service = service
         self.session = session
 
-    def _authorize(self) -> Session:
-        uid = current_caller().uid
-        if uid not in (0, self.session.caller_uid):
+    def _authorize(self, caller: Caller | None = None) -> Session:
+        if (caller or current_caller()).uid not in (0, self.session.caller_uid):
             raise AccessDenied("this session belongs to another caller")
         return self.session
 
     async def authorize_read(self, caller: Caller) -> None:
-        if caller.uid not in (0, self.session.caller_uid):
-            raise AccessDenied("this session belongs to another caller")
+        self._authorize(caller)
 
     @method()
     async def Resize(self, rows: "u", cols: "u"):

@@ -38,7 +38,7 @@ def test_session_cap():
                                       tty=False)
     read, write = os.pipe()
     request = SpawnRequest(box="b", argv=["true"], cwd="/", env={}, fds={1: write}, user="1000",
-                           home="/", tty=False)
+                           tty=False)
     with pytest.raises(errors.LimitReached, match="1 sessions open already"):
         asyncio.run(sessions.spawn(request, 1000, ":1.2"))
     os.close(read)
