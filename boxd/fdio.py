@@ -42,7 +42,9 @@ class FdStream:
         view = memoryview(data)
         while view:
             if self._threaded:
-                written = await asyncio.to_thread(os.write, self.fd, view)
+                # A copy: the worker thread drops its arguments only after waking us, and a
+                # view it still held would pin the caller's buffer (BufferError on resize).
+                written = await asyncio.to_thread(os.write, self.fd, bytes(view))
             else:
                 try:
                     written = os.write(self.fd, view)
