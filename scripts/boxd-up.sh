@@ -54,11 +54,15 @@ fi
 say "system bus with boxd's policy"
 install -Dm644 "$repo/dbus/io.github.boxd1.conf" /usr/share/dbus-1/system.d/io.github.boxd1.conf
 install -Dm644 "$repo/dbus/io.github.boxd1.service" /usr/share/dbus-1/system-services/io.github.boxd1.service
-if [ ! -S /run/dbus/system_bus_socket ]; then
+if busctl status org.freedesktop.DBus >/dev/null 2>&1; then
+    busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null
+elif systemd_pid1; then
+    systemctl start dbus.service
+else
+    # A bus that died (e.g. with its session) leaves its socket and pid file behind.
+    rm -f /run/dbus/system_bus_socket /run/dbus/pid
     mkdir -p /run/dbus
     dbus-daemon --system --fork
-else
-    busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null
 fi
 
 say "polkit with boxd's actions and rules"
