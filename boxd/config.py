@@ -38,6 +38,10 @@ class Config:
     # Per-user caps, so that one user cannot exhaust the host.
     max_boxes_per_user: int = 32
     max_sessions_per_user: int = 64
+    # Sessions of a kind asked for lately start from execs started ahead (see boxd/warm.py):
+    # how many to keep per (box, user, tty), 0 for none, and for how long unused.
+    warm_sessions: int = 2
+    warm_idle_seconds: float = 600.0
     # Bus address override (tests run a private bus); empty means the mode's usual bus.
     bus_address: str = ""
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -52,6 +56,10 @@ class Config:
         if self.max_boxes_per_user < 1 or self.max_sessions_per_user < 1:
             raise ConfigError("config keys 'max_boxes_per_user' and 'max_sessions_per_user' "
                               "must be at least 1")
+        if not 0 <= self.warm_sessions <= 8:
+            raise ConfigError("config key 'warm_sessions' must be between 0 and 8")
+        if self.warm_idle_seconds <= 0:
+            raise ConfigError("config key 'warm_idle_seconds' must be a positive number of seconds")
         if self.stop_timeout < 0:
             raise ConfigError("config key 'stop_timeout' must not be negative")
         if self.subid_size < 65536 or self.subid_base < 65536:

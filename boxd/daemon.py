@@ -93,6 +93,8 @@ async def serve(cfg: config.Config) -> int:
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await follower
+    manager.sessions.warm.close()  # the launchers waiting in boxes leave
+    await asyncio.sleep(0)
     await client.aclose()
     if disconnected.done():
         _log.error("bus_lost")

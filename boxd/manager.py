@@ -137,7 +137,8 @@ class BoxManager:
         self._starting: set[str] = set()
         self._podman_up = False
         config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        self.sessions = SessionManager(client, config.max_sessions_per_user)
+        self.sessions = SessionManager(client, config.max_sessions_per_user,
+                                       config.warm_sessions, config.warm_idle_seconds)
         self.exports = Exports(client, config.boxes_dir)
         self._subids = (SubidAllocator(Path(config.state_dir) / "subids.json",
                                        config.subid_base, config.subid_size)
@@ -489,6 +490,8 @@ class BoxManager:
         if name not in self._boxes and not _is_box(attrs):
             return
         action = event.get("Action") or event.get("Status") or ""
+        if action.startswith("exec") or action == "attach":
+            return  # sessions come and go; the box's own state did not change
         if action == "remove":
             self._forget(name)
             return
@@ -506,6 +509,8 @@ class BoxManager:
             box = replace(box, state="starting")
         old = self._boxes.get(box.name)
         self._boxes[box.name] = box
+        if box.state not in ("running", "starting"):
+            self.sessions.warm.forget_box(box.name)
         if old is None:
             self.observer.box_added(box)
         elif old != box:
@@ -520,6 +525,7 @@ class BoxManager:
 
     def _forget(self, name: str) -> None:
         box = self._boxes.pop(name, None)
+        self.sessions.warm.forget_box(name)
         if box is not None:
             self._locks.pop(name, None)
             self.observer.box_removed(box)

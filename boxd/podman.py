@@ -118,7 +118,13 @@ class PodmanClient:
                             timeout=self._timeout + 30)
 
     async def inspect_container(self, name: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/containers/{name}/json")).json()
+        try:
+            return (await self._request("GET", f"/containers/{name}/json")).json()
+        except ApiError as exc:
+            # Removed while podman looked it up: a 500 "no such container", not a 404.
+            if "no such container" in exc.message:
+                raise NotFound(exc.status, exc.message) from None
+            raise
 
     async def container_exists(self, name: str) -> bool:
         return await self._exists(f"/containers/{name}/exists")

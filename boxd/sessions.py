@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from boxd import errors, log, podman
 from boxd.fdio import FdStream
+from boxd.warm import WarmKey, WarmPool, request_line
 
 _log = log.get("boxd.sessions")
 
@@ -120,9 +121,11 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self, client: podman.PodmanClient, max_per_user: int) -> None:
+    def __init__(self, client: podman.PodmanClient, max_per_user: int, warm_size: int = 0,
+                 warm_idle_seconds: float = 600.0) -> None:
         self._podman = client
         self._max_per_user = max_per_user
+        self.warm = WarmPool(client, TRAMPOLINE, warm_size, warm_idle_seconds)
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
         self.on_exit: Callable[[Session], None] = lambda session: None
@@ -146,18 +149,21 @@ class SessionManager:
             for target, fd in request.fds.items():
                 streams[target] = FdStream(fd, writable=target != 0)
             height, width = _window_size(streams.get(0)) if request.tty else (0, 0)
-            argv = ["/bin/sh", "-c", TRAMPOLINE, "boxd-spawn", request.cwd,
-                    "--login-shell" if request.login_shell else "--", *request.argv]
-            config = {
-                "Cmd": argv, "Tty": request.tty, "User": request.user,
-                "AttachStdin": 0 in streams, "AttachStdout": True, "AttachStderr": True,
-                "Env": [f"{k}={v}" for k, v in request.env.items()],
-                "WorkingDir": "/",
-                # podman's default detach keys would swallow ctrl-p; boxd never detaches.
-                "DetachKeys": "",
-            }
-            exec_id = await self._podman.exec_create(request.box, config)
-            stream = await self._podman.exec_start(exec_id, request.tty, height, width)
+            args = [request.cwd, "--login-shell" if request.login_shell else "--",
+                    *request.argv]
+            exec_id, stream, warm = await self._start_warm(request, args, streams, height, width)
+            if stream is None:
+                config = {
+                    "Cmd": ["/bin/sh", "-c", TRAMPOLINE, "boxd-spawn", *args],
+                    "Tty": request.tty, "User": request.user,
+                    "AttachStdin": 0 in streams, "AttachStdout": True, "AttachStderr": True,
+                    "Env": [f"{k}={v}" for k, v in request.env.items()],
+                    "WorkingDir": "/",
+                    # podman's default detach keys would swallow ctrl-p; boxd never detaches.
+                    "DetachKeys": "",
+                }
+                exec_id = await self._podman.exec_create(request.box, config)
+                stream = await self._podman.exec_start(exec_id, request.tty, height, width)
         except BaseException:
             for s in streams.values():
                 s.close()
@@ -173,8 +179,27 @@ class SessionManager:
         self._sessions[session.id] = session
         session._task = asyncio.create_task(self._run(session, stream, streams))
         _log.info("session_started", session=session.id, box=request.box, caller_uid=caller_uid,
-                  tty=request.tty, argv0=(request.argv or ["<login shell>"])[0])
+                  tty=request.tty, warm=warm, argv0=(request.argv or ["<login shell>"])[0])
         return session
+
+    async def _start_warm(self, request: SpawnRequest, args: list[str],
+                          streams: dict[int, FdStream], height: int, width: int
+                          ) -> tuple[str, podman.ExecStream | None, bool]:
+        """Hand the request to a warm exec of its kind, if one is ready."""
+        if request.tty and 0 not in streams:
+            return "", None, False
+        line = request_line(request.env, args)
+        taken = self.warm.take(WarmKey(request.box, request.user, request.tty)) if line else None
+        if taken is None or line is None:
+            return "", None, False
+        exec_id, stream = taken
+        if height and width:
+            with contextlib.suppress(podman.PodmanError):
+                await self._podman.exec_resize(exec_id, height, width)
+        stream.writer.write(line)
+        if 0 not in streams and stream.writer.can_write_eof():
+            stream.writer.write_eof()  # as a cold exec without stdin: the process reads EOF
+        return exec_id, stream, True
 
     async def _run(self, session: Session, stream: podman.ExecStream,
                    fds: dict[int, FdStream]) -> None:

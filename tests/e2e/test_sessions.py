@@ -187,6 +187,69 @@ def test_run_starts_a_stopped_box_first(boxd_bed, alice):
         boxd_bed.box("alice-cold", "Remove", "b", [True], user=user)
 
 
+def _warm_launchers(container_id: str) -> int:
+    """Launchers waiting in one box: their parent is the conmon of an exec in that container."""
+    found = subprocess.run(["pgrep", "-f", "boxd-warm boxd-warm-"], capture_output=True,
+                           text=True).stdout.split()
+    count = 0
+    for pid in found:
+        try:
+            ppid = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+            count += container_id in open(f"/proc/{ppid}/cmdline").read().split("\0")
+        except (OSError, IndexError):
+            continue
+    return count
+
+
+def _until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_sessions_after_the_first_start_from_warm_execs(boxd_bed, alice):
+    user, box = alice["name"], "alice-warm"
+    assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", [box, "", {}], user=user)
+    try:
+        assert boxctl(boxd_bed, user, "run", box, "--", "true").returncode == 0
+        box_id = boxd_bed.podman.inspect(box)["Id"]
+        # Asking for a kind of session keeps two of that kind started ahead, as alice.
+        assert _until(lambda: _warm_launchers(box_id) == 2), _warm_launchers(box_id)
+        argv = boxctl_argv(boxd_bed, user, "run", box, "--", "sh", "-c",
+                           'pwd; printf "%s|%s\\n" "$LANG" "$LC_ALL"; cat; echo err >&2; exit 5')
+        env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "it's \\n $(x)"}
+        result = subprocess.run(argv, cwd=alice["home"], input=b"from stdin\n", env=env,
+                                capture_output=True, timeout=60)
+        assert (result.returncode, result.stderr) == (5, b"err\n")
+        assert result.stdout == f"{alice['home']}\nC.UTF-8|it's \\n $(x)\nfrom stdin\n".encode()
+        # A session without stdin reads end of input at once, as a cold one does.
+        result = subprocess.run(boxctl_argv(boxd_bed, user, "run", box, "--", "cat"),
+                                stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert (result.returncode, result.stdout) == (0, b"")
+        assert _until(lambda: _warm_launchers(box_id) == 2), _warm_launchers(box_id)
+        # Terminals too: the request is neither echoed nor cooked, and the command finds the
+        # terminal as a cold session would (its size, canonical mode, echo).
+        for _ in range(3):
+            probe = "stty size; stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo"
+            t = Terminal(boxctl_argv(boxd_bed, user, "run", box, "--", "sh", "-c", probe),
+                         rows=30, cols=100, cwd=alice["home"])
+            try:
+                assert t.wait() == 0
+                assert t.output == b"30 100\r\nicanon\r\necho\r\n", t.output
+            finally:
+                t.close()
+            assert _until(lambda: _warm_launchers(box_id) == 4), _warm_launchers(box_id)
+        sessions = [e for e in boxd_bed.daemon.log_events("session_started") if e.get("box") == box]
+        assert [(e["tty"], e["warm"]) for e in sessions] == [
+            (False, False), (False, True), (False, True), (True, False), (True, True), (True, True)]
+        # They end with their box.
+        assert boxd_bed.box(box, "Stop", user=user) == {"body": []}
+        assert _until(lambda: _warm_launchers(box_id) == 0), _warm_launchers(box_id)
+    finally:
+        boxd_bed.box(box, "Remove", "b", [True], user=user)
+
+
 def test_boxctl_list_images_and_errors(boxd_bed, alice, alice_box):
     user = alice["name"]
     listed = boxctl(boxd_bed, user, "list").stdout.decode()
