@@ -74,7 +74,8 @@ class _Forwarder:
             self._send("Resize", "uu", _window_size())
 
 
-def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: bool) -> int:
+def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: bool,
+               quiet: bool = False) -> int:
     fds = _open_fds()
     use_tty = allow_tty and 0 in fds and 1 in fds and os.isatty(0) and os.isatty(1)
     try:
@@ -87,6 +88,10 @@ def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: boo
     body = (cwd, [a.encode("utf-8", "surrogateescape") for a in command],
             {target: target for target in fds}, caller_env(), options)
 
+    # A stopped box starts first, in view: its first start may install packages for minutes.
+    from boxd.pull import start_box
+
+    start_box(client, name, quiet=quiet)
     forwarder = _Forwarder(client)
     # In a terminal, ctrl-c travels as a byte to the box's own terminal; otherwise it is boxctl
     # that gets SIGINT and passes it on.

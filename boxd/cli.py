@@ -96,19 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     completion = sub.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=["bash"], help="the shell")
 
-    for verb, text in (("start", "start boxes"), ("stop", "stop boxes")):
-        cmd = sub.add_parser(verb, help=text)
-        cmd.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
+    quiet_start = "do not show what the box prints while it starts (first-start packages)"
+    start = sub.add_parser("start", help="start boxes")
+    start.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
+    stop = sub.add_parser("stop", help="stop boxes")
+    stop.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
+    start.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
     enter = sub.add_parser("enter", help="open your login shell in a box")
     enter.add_argument("name", nargs="?", default=None, metavar="NAME")
     enter.add_argument("-c", "--container", dest="box", help="the box (default: box)")
+    enter.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
     run = sub.add_parser("run", help="run a command in a box: run [-c NAME] [NAME --] CMD...",
                          usage="boxctl run [-c NAME] [NAME --] COMMAND [ARG...]")
     run.add_argument("-c", "--container", dest="box", help="the box (default: box)")
     run.add_argument("-T", "--no-tty", action="store_true",
                      help="do not give the command a terminal even if you have one")
+    run.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
     rm = sub.add_parser("rm", aliases=["remove"], help="remove boxes")
     rm.add_argument("--force", "-f", action="store_true", help="remove running boxes too")
@@ -270,15 +275,20 @@ def run(args: argparse.Namespace) -> int:
                 _print_list(boxes, args.json)
         elif args.verb == "images":
             _print_images(client.manager("ListImages")[0], args.json)
-        elif args.verb in ("start", "stop"):
+        elif args.verb == "start":
+            from boxd.pull import start_box
+
             for name in args.names:
-                client.box(name, args.verb.capitalize())
+                start_box(client, name, args.quiet)
+        elif args.verb == "stop":
+            for name in args.names:
+                client.box(name, "Stop")
         elif args.verb in ("enter", "run"):
             from boxd.attach import run_in_box
 
             name = args.box or getattr(args, "name", None) or DEFAULT_BOX
             return run_in_box(client, name, getattr(args, "command", []),
-                              allow_tty=not getattr(args, "no_tty", False))
+                              allow_tty=not getattr(args, "no_tty", False), quiet=args.quiet)
         elif args.verb in ("rm", "remove"):
             for name in args.names:
                 client.box(name, "Remove", "b", (args.force,))

@@ -1,5 +1,5 @@
-"""Long work done for a caller, reported as it goes: image pulls and building the default image.
-Knows podman; not D-Bus."""
+"""Long work done for a caller, reported as it goes: image pulls, building the default image, and
+starting a box (whose entry point may install packages for minutes). Knows podman; not D-Bus."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from boxd import log, podman
+from boxd import errors, log, podman
 
 _log = log.get("boxd.jobs")
 
@@ -26,7 +26,7 @@ class Layer:
 @dataclass
 class Job:
     id: str
-    kind: str                       # pull, build
+    kind: str                       # pull, build, start
     reference: str
     caller_uid: int
     caller_sender: str
@@ -67,6 +67,7 @@ def classify_pull_error(reference: str, message: str) -> tuple[str, str]:
 
 class JobObserver:
     def progress(self, job: Job, layer: str, info: Layer) -> None: ...
+    def output(self, job: Job, line: str) -> None: ...
     def finished(self, job: Job) -> None: ...
 
 
@@ -90,6 +91,15 @@ class JobManager:
     def build_default(self, reference: str, caller_uid: int, caller_sender: str) -> Job:
         """Build a Debian image with debootstrap (no registry needed) and import it."""
         return self._start("build", reference, caller_uid, caller_sender, self._build)
+
+    def run(self, kind: str, reference: str, caller_uid: int, caller_sender: str,
+            work: Callable[[Callable[[str], None]], Awaitable[object]]) -> Job:
+        """Any other long work: `work` gets a callback for the lines it wants the caller to see."""
+        async def tracked(job: Job) -> None:
+            await work(lambda line: self.observer.output(job, line))
+            job.state = "done"
+
+        return self._start(kind, reference, caller_uid, caller_sender, tracked)
 
     def _start(self, kind: str, reference: str, caller_uid: int, caller_sender: str,
                work: Callable[[Job], Awaitable[None]]) -> Job:
@@ -172,6 +182,9 @@ class JobManager:
             job.state = "cancelled"
             job.error_code = "Cancelled"
             job.error_message = f"the {job.kind} of {job.reference} was cancelled"
+        except errors.BoxdError as exc:
+            job.state = "failed"
+            job.error_code, job.error_message = exc.code, exc.message
         except podman.PodmanError as exc:
             job.state = "failed"
             job.error_code, job.error_message = classify_pull_error(job.reference, str(exc))

@@ -235,7 +235,9 @@ class BoxManager:
             self._upsert(box)
             return box
 
-    async def start(self, name: str) -> BoxInfo:
+    async def start(self, name: str, on_output: Callable[[str], None] | None = None) -> BoxInfo:
+        """Start a box and wait until its entry point is ready; `on_output` gets each line the
+        entry point prints on the way (package installs, hooks)."""
         self.get(name)
         async with self._lock(name):
             box = self.get(name)
@@ -251,7 +253,7 @@ class BoxManager:
                 since = int(time.time()) - 1
                 with self._podman_errors():
                     await self._podman.start_container(name)
-                    await self._await_ready(name, token, since)
+                    await self._await_ready(name, token, since, on_output)
                     box = _from_inspect(await self._podman.inspect_container(name))
             finally:
                 self._starting.discard(name)
@@ -419,7 +421,8 @@ class BoxManager:
             check_volume_source(volume, owner, homes)
 
     # -- readiness -----------------------------------------------------------------------------
-    async def _await_ready(self, name: str, token: str, since: int) -> None:
+    async def _await_ready(self, name: str, token: str, since: int,
+                           on_output: Callable[[str], None] | None = None) -> None:
         """Read the box's log until its entry point says ready (or why not), or it is silent
         for start_timeout seconds (installing packages may take minutes, but prints as it goes)."""
         ready = READY_LINE + b" " + token.encode()
@@ -435,7 +438,10 @@ class BoxManager:
                         raise errors.StartFailed(
                             f"box {name!r} failed to start: "
                             f"{line[len(ERROR_PREFIX):].decode(errors='replace')}")
-                    last = [*last[-4:], line.decode(errors="replace")]
+                    text = line.decode(errors="replace")
+                    last = [*last[-4:], text]
+                    if on_output is not None:
+                        on_output(text)
         except TimeoutError:
             raise errors.Timeout(
                 f"box {name!r} said nothing for {self._config.start_timeout:g} s and is not ready"

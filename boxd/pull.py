@@ -1,6 +1,6 @@
-"""boxctl's side of image jobs (pull, build-default): start the job, show its progress (rich
-progress bars on a terminal, one line per step otherwise, nothing with --quiet), cancel on
-ctrl-c, and give back the image id or the job's error."""
+"""boxctl's side of jobs (pull, build-default, a box's start): start the job, show its progress
+(rich progress bars on a terminal, one line per step otherwise, nothing with --quiet) and its
+output, cancel on ctrl-c, and give back the image id or the job's error."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def build_default(client: BoxdClient, quiet: bool = False) -> str:
     return follow(client, client.manager("BuildDefaultImage", "a{sv}", ({},))[0], quiet)
 
 
+def start_box(client: BoxdClient, name: str, quiet: bool = False) -> None:
+    """Start a box unless it runs already, showing what its entry point prints on the way."""
+    path = client.box(name, "StartJob", "a{sv}", ({},))[0]
+    if path != "/":
+        if not quiet:
+            print(f"Starting box {name} ...", file=sys.stderr, flush=True)
+        follow(client, path, quiet)
+
+
 def follow(client: BoxdClient, path: str, quiet: bool) -> str:
     view = _Silent() if quiet else (_Bars() if sys.stderr.isatty() else _Lines())
 
@@ -43,6 +52,8 @@ def follow(client: BoxdClient, path: str, quiet: bool) -> str:
                 member = fields.get(HeaderFields.member)
                 if member == "Progress":
                     view.update(*msg.body)
+                elif member == "Output":
+                    view.output(msg.body[0])
                 elif member == "Finished":
                     state, image_id, error, message = msg.body
                     break
@@ -63,6 +74,9 @@ class _Silent:
     def update(self, layer: str, status: str, current: int, total: int) -> None:
         pass
 
+    def output(self, line: str) -> None:
+        pass
+
 
 class _Lines(_Silent):
     """For logs and pipes: one line each time a layer changes step."""
@@ -75,6 +89,9 @@ class _Lines(_Silent):
             self._last[layer] = status
             size = f" ({total / 1e6:.1f} MB)" if total else ""
             print(f"{layer}: {status}{size}", file=sys.stderr, flush=True)
+
+    def output(self, line: str) -> None:
+        print(f"  {line}", file=sys.stderr, flush=True)
 
 
 class _Bars(_Silent):
@@ -106,3 +123,8 @@ class _Bars(_Silent):
             task = self._tasks[layer] = self._progress.add_task(layer, total=total or None)
         self._progress.update(task, description=f"{layer} {status}", completed=current,
                               total=total or None)
+
+    def output(self, line: str) -> None:
+        from rich.markup import escape
+
+        self._progress.console.print(f"[dim]  {escape(line)}[/dim]", highlight=False)

@@ -119,6 +119,10 @@ class JobInterface(ServiceInterface):
         return [layer, status, current, total]
 
     @signal()
+    def Output(self, line: "s") -> "s":
+        return line
+
+    @signal()
     def Finished(self, state: "s", image_id: "s", error: "s", message: "s") -> "ssss":
         return [state, image_id, error, message]
 
@@ -158,6 +162,18 @@ class BoxInterface(ServiceInterface):
     @method()
     async def Start(self):
         await self._service.manager.start(await self._authorized_name("start"))
+
+    @method()
+    async def StartJob(self, options: "a{sv}") -> "o":
+        caller = current_caller()
+        unpack_options(options, {}, "start option")
+        if caller.uid == self.info.owner and self.info.state == "running":
+            return "/"  # nothing to do, and nothing the owner may not know: no polkit round trip
+        name = await self._authorized_name("start")
+        manager = self._service.manager
+        return self._service.job_started(self._service.jobs.run(
+            "start", name, caller.uid, caller.sender,
+            lambda output: manager.start(name, on_output=output)))
 
     @method()
     async def Stop(self):
@@ -440,6 +456,9 @@ class BoxdService:
 
     def progress(self, job: Job, layer: str, info: Layer) -> None:
         self._job_signal(job, "Progress", "sstt", [layer, info.status, info.current, info.total])
+
+    def output(self, job: Job, line: str) -> None:
+        self._job_signal(job, "Output", "s", [line])
 
     def finished(self, job: Job) -> None:
         error = f"io.github.boxd1.Error.{job.error_code}" if job.error_code else ""

@@ -99,10 +99,21 @@ def test_packages_are_installed_at_start_with_the_boxs_package_manager(boxd_bed,
     assert result.returncode == 0, result.stderr
     try:
         assert boxd_bed.exec_in("alice-pkg", "true", check=False).returncode != 0
-        assert boxd_bed.box("alice-pkg", "Start", user=user) == {"body": []}
+        # boxctl starts it as a Job and shows what the entry point prints on the way.
+        start = subprocess.run(boxctl_argv(boxd_bed, user, "start", "alice-pkg"),
+                               capture_output=True, timeout=300, cwd="/")
+        assert start.returncode == 0, start.stderr
+        shown = start.stderr.decode()
+        assert shown.startswith("Starting box alice-pkg ...\n"), shown
+        assert "  boxd-init: installing packages: less\n" in shown
+        assert "Setting up less" in shown  # apt's own words, as they came
         assert boxd_bed.exec_in("alice-pkg", "command -v less").stdout.strip() == b"/usr/bin/less"
         log = boxd_bed.podman.cli("logs", "alice-pkg").stdout.decode()
         assert "boxd-init: installing packages: less" in log
+        # Running already: nothing to show, no job.
+        again = subprocess.run(boxctl_argv(boxd_bed, user, "start", "alice-pkg"),
+                               capture_output=True, timeout=60, cwd="/")
+        assert (again.returncode, again.stderr) == (0, b"")
         # Next start: already there, nothing to install.
         assert boxd_bed.box("alice-pkg", "Stop", user=user) == {"body": []}
         assert boxd_bed.box("alice-pkg", "Start", user=user) == {"body": []}
@@ -110,3 +121,20 @@ def test_packages_are_installed_at_start_with_the_boxs_package_manager(boxd_bed,
         assert log.count("installing packages") == 1
     finally:
         boxd_bed.box("alice-pkg", "Remove", "b", [True], user=user)
+
+
+def test_a_failing_start_job_says_why(boxd_bed, alice):
+    user = alice["name"]
+    result = apply(boxd_bed, user, alice["home"],
+                   "boxes:\n  alice-hookfail: {hooks: [\"echo about to fail; exit 3\"]}\n")
+    assert result.returncode == 0, result.stderr
+    try:
+        run = subprocess.run(boxctl_argv(boxd_bed, user, "run", "alice-hookfail", "--", "true"),
+                             capture_output=True, timeout=120, cwd="/")
+        said = run.stderr.decode()
+        assert run.returncode == 1, said
+        assert "  about to fail\n" in said  # the hook's own output, shown as it ran
+        last = said.strip().splitlines()[-1]
+        assert last.startswith("boxctl: box 'alice-hookfail' failed to start"), said
+    finally:
+        boxd_bed.box("alice-hookfail", "Remove", "b", [True], user=user)
