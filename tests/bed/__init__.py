@@ -190,20 +190,6 @@ class Bus:
         wait_for(lambda: (self.root / "bus.sock").exists(), 10, "dbus-daemon")
         os.chmod(self.root, 0o755)  # unprivileged test users must reach the socket
 
-    def log_events(self, event: str) -> list[dict]:
-        """The daemon's structured log entries named `event`, oldest first."""
-        import json
-
-        found = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a traceback's lines
-            if isinstance(entry, dict) and entry.get("event") == event:
-                found.append(entry)
-        return found
-
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -236,20 +222,6 @@ class Polkit:
             raise RuntimeError(f"polkitd exited with {self.proc.returncode}")
         return subprocess.run(["busctl", f"--address={self.bus_address}", "status",
                                "org.freedesktop.PolicyKit1"], capture_output=True).returncode == 0
-
-    def log_events(self, event: str) -> list[dict]:
-        """The daemon's structured log entries named `event`, oldest first."""
-        import json
-
-        found = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a traceback's lines
-            if isinstance(entry, dict) and entry.get("event") == event:
-                found.append(entry)
-        return found
 
     def stop(self) -> None:
         if self.proc is not None:
