@@ -49,6 +49,9 @@ insecure = true
 [[registry]]
 location = "127.0.0.1:5056"
 insecure = true
+[[registry]]
+location = "127.0.0.1:5057"
+insecure = true
 """
 
 

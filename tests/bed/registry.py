@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import threading
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,13 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+# A registry that wants credentials: every anonymous request gets a 401.
+AUTH = """\
+auth:
+  htpasswd:
+    realm: boxd-test
+    path: {root}/htpasswd
+"""
 
 
 @dataclass
@@ -33,6 +41,7 @@ class Registry:
     root: Path
     port: int = 5055
     proc: subprocess.Popen | None = None
+    needs_login: bool = False
 
     @property
     def address(self) -> str:
@@ -41,7 +50,18 @@ class Registry:
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.yml"
-        config.write_text(CONFIG.format(root=self.root, port=self.port))
+        text = CONFIG.format(root=self.root, port=self.port)
+        if self.needs_login:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt  # bcrypt through libxcrypt; the registry takes nothing else
+
+            secret = crypt.crypt("secret", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 5))
+            (self.root / "htpasswd").write_text(f"boxd:{secret}\n")
+            text += AUTH.format(root=self.root)
+        config.write_text(text)
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -51,6 +71,8 @@ class Registry:
         try:
             with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1) as response:
                 return response.status == 200
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401 and self.needs_login
         except OSError:
             return False
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from dbus_next import Message, MessageType
@@ -34,8 +35,9 @@ def registry(boxd_bed):
     registry.stop()
 
 
-async def pull(boxd_bed, reference: str, cancel_after_progress: bool = False):
-    bus = await MessageBus(bus_address=boxd_bed.address).connect()
+async def pull(boxd_bed, reference: str, cancel_after_progress: bool = False,
+               bus_address: str | None = None):
+    bus = await MessageBus(bus_address=bus_address or boxd_bed.address).connect()
     progress, finished = [], asyncio.get_running_loop().create_future()
     pending = set()
 
@@ -94,6 +96,50 @@ async def test_pull_of_a_missing_tag_fails_cleanly(boxd_bed, registry):
 async def test_pull_from_nowhere_says_the_registry_is_unreachable(boxd_bed):
     _progress, (state, _id, error, _message) = await pull(boxd_bed, "127.0.0.1:1/x/y:1")
     assert (state, error) == ("failed", ERR + "RegistryUnreachable")
+
+
+async def test_pull_from_a_registry_that_wants_a_login_says_so(boxd_bed):
+    locked = Registry(RUN_ROOT / "registry-login", port=5057, needs_login=True)
+    await asyncio.to_thread(locked.start)
+    try:
+        reference = f"{locked.address}/boxd/busybox:1"
+        _progress, (state, image_id, error, message) = await pull(boxd_bed, reference)
+        assert (state, image_id, error) == ("failed", "", ERR + "AuthRequired")
+        assert "wants credentials" in message
+        assert not image_present(boxd_bed, reference)
+    finally:
+        await asyncio.to_thread(locked.stop)
+
+
+@pytest.fixture
+def tiny_disk_boxd():
+    """A second podman whose storage is a 16 MiB tmpfs, with its own bus and boxd."""
+    root = RUN_ROOT / "tiny"
+    storage = root / "podman"
+    storage.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "boxd-test-tiny", str(storage)],
+                   check=True)
+    podman = bed.Podman(storage, Path("/run/boxd-test-tiny"))
+    bus = bed.Bus(root / "bus")
+    daemon = bed.Daemon(root / "boxd", bus.address, podman.socket)
+    try:
+        podman.start()
+        bus.start()
+        daemon.start()
+        yield bus.address
+    finally:
+        daemon.stop()
+        podman.stop()
+        bus.stop()
+        subprocess.run(["umount", "-l", str(storage)], check=False)
+
+
+async def test_pull_onto_a_full_disk_says_so(boxd_bed, registry, tiny_disk_boxd):
+    direct = registry["big"].replace(":5056/", ":5055/")  # 24 MiB of layer: more than fits
+    _progress, (state, image_id, error, message) = await pull(boxd_bed, direct,
+                                                              bus_address=tiny_disk_boxd)
+    assert (state, image_id, error) == ("failed", "", ERR + "DiskFull"), message
+    assert "ran out of disk space" in message
 
 
 async def test_cancel_leaves_no_image(boxd_bed, registry):
