@@ -38,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"boxctl {__version__}")
     parser.add_argument("--user", action="store_true", default=bool(os.environ.get("BOXD_USER")),
                         help="talk to your own boxd on the session bus (or set BOXD_USER=1)")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, title="commands")
 
     create = sub.add_parser("create", help="create a box")
-    create.add_argument("name", nargs="?", default=DEFAULT_BOX)
-    create.add_argument("--image", "-i", default="", help="image (default: boxd's default)")
-    create.add_argument("--home", help="home directory to share (default: yours)")
+    create.add_argument("name", nargs="?", default=DEFAULT_BOX, metavar="NAME",
+                        help=f"the box's name (default: {DEFAULT_BOX})")
+    create.add_argument("--image", "-i", default="",
+                        help="the image to create it from (default: boxd's default_image)")
+    create.add_argument("--home", metavar="DIR", help="home directory to share (default: yours)")
     create.add_argument("--volume", "-v", action="append", default=[], metavar="SRC:DST[:ro]",
                         help="also bind a host path into the box (repeatable)")
     create.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE",
@@ -75,18 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
 
     pull = sub.add_parser("pull", help="pull an image from a registry, with progress")
-    pull.add_argument("reference", metavar="IMAGE")
+    pull.add_argument("reference", metavar="IMAGE", help="e.g. registry.example.org/team/dev:1")
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress, for scripts")
 
-    image = sub.add_parser("image", help="image tasks: build-default")
+    image = sub.add_parser("image", help="build boxd's default image locally (no registry)")
     image.add_argument("task", choices=["build-default"],
-                       help="build-default: build boxd's default image with debootstrap")
+                       help="build-default: debootstrap Debian and import it as the default")
     image.add_argument("--quiet", "-q", action="store_true", help="no progress, for scripts")
 
     rmi = sub.add_parser("rmi", help="remove an image")
     rmi.add_argument("--force", "-f", action="store_true",
                      help="also remove the boxes that use it")
-    rmi.add_argument("reference", metavar="IMAGE")
+    rmi.add_argument("reference", metavar="IMAGE", help="its name or id")
 
     images = sub.add_parser("images", help="list the images boxes can be created from")
     images.add_argument("--json", action="store_true", help="print JSON")
@@ -98,26 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     quiet_start = "do not show what the box prints while it starts (first-start packages)"
     start = sub.add_parser("start", help="start boxes")
-    start.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
+    start.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME",
+                       help=f"boxes to start (default: {DEFAULT_BOX})")
     stop = sub.add_parser("stop", help="stop boxes")
-    stop.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME")
+    stop.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME",
+                      help=f"boxes to stop (default: {DEFAULT_BOX})")
     start.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
     enter = sub.add_parser("enter", help="open your login shell in a box")
-    enter.add_argument("name", nargs="?", default=None, metavar="NAME")
-    enter.add_argument("-c", "--container", dest="box", help="the box (default: box)")
+    enter.add_argument("name", nargs="?", default=None, metavar="NAME",
+                       help=f"the box (default: {DEFAULT_BOX})")
+    enter.add_argument("-c", "--container", dest="box", metavar="NAME",
+                       help="the box, Toolbx style")
     enter.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
-    run = sub.add_parser("run", help="run a command in a box: run [-c NAME] [NAME --] CMD...",
-                         usage="boxctl run [-c NAME] [NAME --] COMMAND [ARG...]")
-    run.add_argument("-c", "--container", dest="box", help="the box (default: box)")
+    run = sub.add_parser("run", help="run a command in a box and return its exit status",
+                         usage="boxctl run [-c NAME] [NAME --] COMMAND [ARG...]",
+                         description="Without --, the command starts at the first word that is "
+                                     "not an option: `boxctl run ls` runs ls in the default box; "
+                                     "`boxctl run dev -- ls` or `boxctl run -c dev ls` in dev.")
+    run.add_argument("-c", "--container", dest="box", metavar="NAME",
+                     help=f"the box (default: {DEFAULT_BOX})")
     run.add_argument("-T", "--no-tty", action="store_true",
                      help="do not give the command a terminal even if you have one")
     run.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
     rm = sub.add_parser("rm", aliases=["remove"], help="remove boxes")
     rm.add_argument("--force", "-f", action="store_true", help="remove running boxes too")
-    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="boxes to remove")
     return parser
 
 
@@ -164,6 +174,10 @@ _boxctl() {
         COMPREPLY=($(compgen -W "$(boxctl list --quiet 2>/dev/null)" -- "$cur")) ;;
     create)
         COMPREPLY=($(compgen -W "--image --home --volume --env --hostname" -- "$cur")) ;;
+    esac
+    case $verb in
+    enter|start|run)
+        [[ $cur == -* ]] && COMPREPLY=($(compgen -W "--quiet" -- "$cur")) ;;
     esac
 }
 complete -F _boxctl boxctl

@@ -24,19 +24,24 @@ from boxd.polkit import Polkit
 _log = log.get("boxd.daemon")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="boxd", description="Serve pet containers (boxes) over D-Bus, driving podman.")
-    parser.add_argument("--config", type=Path,
+    parser.add_argument("--config", type=Path, metavar="FILE",
                         help="YAML config file (default /etc/boxd/boxd.yaml)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--system", dest="mode", action="store_const", const="system",
                       help="serve on the system bus (the default)")
     mode.add_argument("--session", dest="mode", action="store_const", const="session",
                       help="serve the calling user on the session bus, with rootless podman")
-    parser.add_argument("--bus-address", help="connect to this bus address instead")
+    parser.add_argument("--bus-address", metavar="ADDRESS",
+                        help="connect to this D-Bus address instead")
     parser.add_argument("--version", action="version", version=f"boxd {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def effective_config(args: argparse.Namespace) -> config.Config:
