@@ -71,6 +71,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     exit_status: int | None = None
     exec_id: str = ""
+    warm_key: WarmKey | None = None  # its kind, when it could start from a warm exec
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _client: podman.PodmanClient | None = None
@@ -151,7 +152,9 @@ class SessionManager:
             height, width = _window_size(streams.get(0)) if request.tty else (0, 0)
             args = [request.cwd, "--login-shell" if request.login_shell else "--",
                     *request.argv]
-            exec_id, stream, warm = await self._start_warm(request, args, streams, height, width)
+            exec_id, stream, warm_key = await self._start_warm(request, args, streams, height,
+                                                               width)
+            started_warm = stream is not None
             if stream is None:
                 config = {
                     "Cmd": ["/bin/sh", "-c", TRAMPOLINE, "boxd-spawn", *args],
@@ -175,23 +178,26 @@ class SessionManager:
                     os.close(fd)
         session = Session(id=f"{next(self._ids)}", box=request.box, caller_uid=caller_uid,
                           caller_sender=caller_sender, tty=request.tty, exec_id=exec_id,
-                          _client=self._podman)
+                          warm_key=warm_key, _client=self._podman)
         self._sessions[session.id] = session
         session._task = asyncio.create_task(self._run(session, stream, streams))
         _log.info("session_started", session=session.id, box=request.box, caller_uid=caller_uid,
-                  tty=request.tty, warm=warm, argv0=(request.argv or ["<login shell>"])[0])
+                  tty=request.tty, warm=started_warm,
+                  argv0=(request.argv or ["<login shell>"])[0])
         return session
 
     async def _start_warm(self, request: SpawnRequest, args: list[str],
                           streams: dict[int, FdStream], height: int, width: int
-                          ) -> tuple[str, podman.ExecStream | None, bool]:
-        """Hand the request to a warm exec of its kind, if one is ready."""
-        if request.tty and 0 not in streams:
-            return "", None, False
+                          ) -> tuple[str, podman.ExecStream | None, WarmKey | None]:
+        """Hand the request to a warm exec of its kind, if one is ready. Also returns the kind,
+        when the request could use one, so that its end can top the kind up."""
         line = request_line(request.env, args)
-        taken = self.warm.take(WarmKey(request.box, request.user, request.tty)) if line else None
-        if taken is None or line is None:
-            return "", None, False
+        if line is None or (request.tty and 0 not in streams):
+            return "", None, None
+        key = WarmKey(request.box, request.user, request.tty)
+        taken = self.warm.take(key)
+        if taken is None:
+            return "", None, key
         exec_id, stream = taken
         if height and width:
             with contextlib.suppress(podman.PodmanError):
@@ -199,7 +205,7 @@ class SessionManager:
         stream.writer.write(line)
         if 0 not in streams and stream.writer.can_write_eof():
             stream.writer.write_eof()  # as a cold exec without stdin: the process reads EOF
-        return exec_id, stream, True
+        return exec_id, stream, key
 
     async def _run(self, session: Session, stream: podman.ExecStream,
                    fds: dict[int, FdStream]) -> None:
@@ -222,6 +228,8 @@ class SessionManager:
                 fd_stream.close()
             session.exit_status = status
             session._done.set()
+            if session.warm_key is not None:
+                self.warm.refill(session.warm_key)
             _log.info("session_exited", session=session.id, box=session.box,
                       caller_uid=session.caller_uid, status=status,
                       duration_ms=round((time.monotonic() - session.started) * 1000, 1))

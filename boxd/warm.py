@@ -108,7 +108,9 @@ class WarmPool:
         self._kinds: dict[WarmKey, _Kind] = {}
 
     def take(self, key: WarmKey) -> tuple[str, podman.ExecStream] | None:
-        """A started exec of this kind if one is ready; either way, keep this kind warm."""
+        """A started exec of this kind if one is ready; either way, keep this kind warm. Refills
+        wait for refill() (the session's end) unless none is left: podman holds the box's lock
+        while it starts an exec, and a refill racing the session would delay its exit."""
         if self._size <= 0:
             return None
         kind = self._kinds.setdefault(key, _Kind())
@@ -125,9 +127,19 @@ class WarmPool:
                 taken = (entry.exec_id, entry.stream)
             else:
                 entry.close()
+        if not kind.entries:
+            self._refill(key, kind)
+        return taken
+
+    def refill(self, key: WarmKey) -> None:
+        """A session of this kind ended: top its kind up again."""
+        kind = self._kinds.get(key)
+        if kind is not None:
+            self._refill(key, kind)
+
+    def _refill(self, key: WarmKey, kind: _Kind) -> None:
         if kind.filler is None or kind.filler.done():
             kind.filler = asyncio.create_task(self._fill(key, kind))
-        return taken
 
     def forget_box(self, box: str) -> None:
         """The box stopped or went away: its warm execs are gone or about to be."""

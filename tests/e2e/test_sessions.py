@@ -128,9 +128,12 @@ def test_twenty_concurrent_runs(boxd_bed, alice, alice_box):
 
 
 def test_killing_the_client_ends_the_process_in_the_box(boxd_bed, alice, alice_box):
-    marker = f"boxd-orphan-{os.getpid()}"
+    # The box's process is `sleep N`, a command line only it has: the client's own argv says
+    # $((N - 1 + 1)), so finding the marker cannot mean finding boxctl.
+    seconds = 100000 + os.getpid() % 100000
+    marker = f"^sleep {seconds}$"
     proc = subprocess.Popen(boxctl_argv(boxd_bed, alice["name"], "run", alice_box, "--",
-                                        "sh", "-c", f"exec -a {marker} sleep 300"),
+                                        "sh", "-c", f"exec sleep $(({seconds - 1} + 1))"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 20
