@@ -170,6 +170,8 @@ class BoxInterface(ServiceInterface):
         if caller.uid == self.info.owner and self.info.state == "running":
             return "/"  # nothing to do, and nothing the owner may not know: no polkit round trip
         name = await self._authorized_name("start")
+        if self.info.state == "running":
+            return "/"
         manager = self._service.manager
         return self._service.job_started(self._service.jobs.run(
             "start", name, caller.uid, caller.sender,
