@@ -1,11 +1,14 @@
 """boxd's benchmarks: boxd against the tools people use today, measured side by side in one run on
 the same image and the same podman storage, reported as medians and ratios.
 
-    sudo bench/run.sh            (installs podman-toolbox and matplotlib, then runs this)
+    sudo bench/run.sh            (installs podman-toolbox, distrobox and matplotlib, then runs this)
 
-Baselines: `podman exec` (the floor boxd builds on) and Toolbx's `toolbox run` (Debian's
-podman-toolbox). Results go to stdout as a table and to bench/results/latest.{json,md,png}, and
-the daemon's own footprint (memory, idle CPU, ListBoxes latency with 100 boxes) below it.
+Baselines: `podman exec` (the floor boxd builds on), Toolbx's `toolbox run` (Debian's
+podman-toolbox) and `distrobox enter` (Debian's distrobox). Distrobox runs as its users run it:
+rootless, as the bench's unprivileged user on that user's own podman, with the same image content
+(imported from the same tarball); where it cannot run, the report says why instead. Results go to
+stdout as a table and to bench/results/latest.{json,md,png}, and the daemon's own footprint
+(memory, idle CPU, ListBoxes latency with 100 boxes) below it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -32,6 +38,7 @@ ROOT = Path("/var/tmp/boxd-bench")
 RESULTS = REPO / "bench" / "results"
 BOX = "bench"
 TOOLBOX = "bench-tbx"
+DISTROBOX = "bench-dbx"
 
 
 @dataclass
@@ -51,6 +58,128 @@ class Result:
         return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
+@dataclass
+class Distrobox:
+    """Distrobox as its users run it: rootless, as `user`, on that user's own podman. Its config
+    goes in ~/.config/containers (the bed's runc, ulimits and vfs storage, as session mode's tests
+    set it up), its storage under ROOT, and its image is imported from the bed's Debian tarball:
+    the same content as the rootful boxes'."""
+
+    user: dict[str, str | int]
+    reason: str | None = "not set up"  # why it is not measured; None once it is ready
+
+    @property
+    def ready(self) -> bool:
+        return self.reason is None
+
+    @property
+    def home(self) -> Path:
+        return Path(str(self.user["home"]))
+
+    @property
+    def runtime(self) -> Path:
+        return Path(f"/run/user/{self.user['uid']}")
+
+    @property
+    def storage(self) -> Path:
+        return ROOT / "rootless"
+
+    def argv(self, *command: str) -> list[str]:
+        """`command` as the user, in a clean environment (none of the rootful podman's)."""
+        name = str(self.user["name"])
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home), "USER": name,
+               "LOGNAME": name, "SHELL": pwd.getpwnam(name).pw_shell,
+               "XDG_RUNTIME_DIR": str(self.runtime), "DBX_CONTAINER_MANAGER": "podman"}
+        return ["runuser", "-u", name, "--", "env", "-i",
+                *[f"{key}={value}" for key, value in env.items()], *command]
+
+    def podman(self, *args: str) -> list[str]:
+        return self.argv("podman", *args)
+
+    def create(self, name: str) -> list[str]:
+        # --no-entry: no desktop entry (its icon download needs the internet; boxd makes none)
+        return self.argv("distrobox", "create", "--yes", "--no-entry", "--image",
+                         bed.DEBIAN_IMAGE, "--name", name)
+
+    def enter(self, name: str, command: list[str]) -> list[str]:
+        return self.argv("distrobox", "enter", name, "--", *command)
+
+    def up(self) -> None:
+        """Set up the user's podman and the bench's distrobox, through its first enter (which
+        runs distrobox's init: on this image it apt-get installs its missing packages). On
+        failure, `reason` says why."""
+        if not shutil.which("distrobox"):
+            self.reason = "distrobox is not installed (apt-get install distrobox)"
+            return
+        try:
+            self._configure()
+            with open(bed.ensure_rootfs("debian"), "rb") as tarball:
+                self._call(self.podman("import", "-q", "-", bed.DEBIAN_IMAGE), stdin=tarball)
+            self._call(self.create(DISTROBOX))
+            self._call(self.enter(DISTROBOX, ["true"]), timeout=900)
+        except subprocess.CalledProcessError as error:
+            self.reason = (f"`{self._shown(error.cmd)}` exited with {error.returncode}: "
+                           f"{_tail((error.stderr or b'') + (error.stdout or b''))}")
+            self._add_init_log(error.cmd)
+        except subprocess.TimeoutExpired as error:
+            self.reason = f"`{self._shown(error.cmd)}` took over {error.timeout:.0f} s"
+            self._add_init_log(error.cmd)
+        except OSError as error:
+            self.reason = str(error)
+        else:
+            self.reason = None
+
+    def down(self) -> None:
+        """Remove the user's containers in the bench's storage (distrobox's among them)."""
+        if not (self.home / ".config" / "containers" / "storage.conf").exists():
+            return
+        try:
+            subprocess.run(self.podman("rm", "--all", "--force", "--time", "0"),
+                           capture_output=True, cwd="/", timeout=120)
+        except (subprocess.TimeoutExpired, OSError):
+            pass  # nothing more to do about it here; the next run's up() tries again
+
+    def _configure(self) -> None:
+        uid, gid = int(self.user["uid"]), int(self.user["gid"])
+        if _ensure_subids(str(self.user["name"])):
+            self._call(self.podman("system", "migrate"))  # a running pause process: new ranges
+        for path in (self.runtime, self.storage):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, uid, gid)
+        self.runtime.chmod(0o700)
+        config = self.home / ".config" / "containers"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "containers.conf").write_text(bed.CONTAINERS_CONF)
+        (config / "storage.conf").write_text(
+            bed.STORAGE_CONF.format(root=self.storage, run=self.runtime / "boxd-bench"))
+        for path in (config.parent, config, *config.iterdir()):
+            os.chown(path, uid, gid)
+
+    def _add_init_log(self, argv: list[str]) -> None:
+        """After a failed enter: the end of what distrobox's init printed (an apt-get error, say),
+        without its shell trace, unless the enter's own output showed it already."""
+        if "enter" not in argv or self.reason is None:
+            return
+        try:  # not --tail: podman 4.3 reverses the pieces of partial lines with it
+            logs = subprocess.run(self.podman("logs", DISTROBOX), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, cwd="/", timeout=60).stdout
+        except subprocess.TimeoutExpired:
+            return
+        log = _tail(b"\n".join(line for line in logs.splitlines() if not line.startswith(b"+")))
+        if log not in self.reason:
+            self.reason += f"; its init's log ends: {log}"
+
+    def _shown(self, argv: list[str]) -> str:
+        """`argv` without the runuser/env prefix of argv()."""
+        prefix = self.argv()
+        return shlex.join(argv[len(prefix):] if argv[:len(prefix)] == prefix else argv)
+
+    def _call(self, argv: list[str], timeout: float = 300, **kwargs
+              ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(argv, check=True, capture_output=True, cwd="/", timeout=timeout,
+                              **kwargs)
+
+
 class Bench:
     def __init__(self, rounds: int, stream_mib: int) -> None:
         self.rounds = rounds
@@ -64,10 +193,13 @@ class Bench:
         self.footprint: list[tuple[str, str]] = []
         self.polkit = bed.Polkit(self.bus.address)
         self.user = bed.ensure_user("boxd-bench", 2201, groups=("boxd",))
+        self.distrobox = Distrobox(self.user)
         self.results: list[Result] = []
+        self.notes: list[str] = []
 
     # -- set-up --------------------------------------------------------------------------------
     def up(self) -> None:
+        self.distrobox.down()  # a previous run's containers, before their storage goes
         shutil.rmtree(ROOT, ignore_errors=True)
         self.podman.start()
         self.podman.import_image(bed.ensure_rootfs("debian"), bed.DEBIAN_IMAGE)
@@ -79,8 +211,12 @@ class Bench:
         if shutil.which("toolbox"):
             self.run(["toolbox", "create", "--image", bed.DEBIAN_IMAGE, "-c", TOOLBOX])
             self.run(["toolbox", "run", "-c", TOOLBOX, "true"])
+        self.distrobox.up()
+        if not self.distrobox.ready:
+            self.note(f"distrobox: not measured: {self.distrobox.reason}")
 
     def down(self) -> None:
+        self.distrobox.down()
         self.daemon.stop()
         bed.remove_all_containers(self.podman)
         self.podman.stop()
@@ -94,6 +230,10 @@ class Bench:
     def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(argv, env=self.env, check=True, capture_output=True, cwd="/",
                               **kwargs)
+
+    def note(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        self.notes.append(line)
 
     def boxctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         boxctl = str(Path(sys.executable).with_name("boxctl"))
@@ -109,6 +249,8 @@ class Bench:
         }
         if shutil.which("toolbox"):
             tools["toolbox run"] = ["toolbox", "run", "-c", TOOLBOX, *command]
+        if self.distrobox.ready:  # rootless, as the user: runuser adds ~8 ms here
+            tools["distrobox enter"] = self.distrobox.enter(DISTROBOX, command)
         return tools
 
     def timed(self, group: str, unit: str, tools: dict[str, list[str]], rounds: int,
@@ -122,10 +264,16 @@ class Bench:
         self.results.extend(results.values())
 
     def wall(self, argv: list[str]) -> float:
+        """Seconds `argv` takes; its stderr (distrobox's progress lines) is shown only if it
+        fails."""
         started = time.perf_counter()
-        subprocess.run(argv, env=self.env, check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, cwd="/")
-        return time.perf_counter() - started
+        result = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
+        elapsed = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"{shlex.join(argv)} exited with {result.returncode}: "
+                               f"{_tail(result.stderr)}")
+        return elapsed
 
     def warm_run(self) -> None:
         self.timed("warm run: true", "s", self.tools_for(["true"]), self.rounds, self.wall)
@@ -138,6 +286,7 @@ class Bench:
         size = payload.stat().st_size
         tools = self.tools_for(["cat"])
         tools.pop("toolbox run", None)  # toolbox run has no stdin-only mode worth comparing
+        tools.pop("distrobox enter", None)  # issue 7 compares distrobox on entering only
         tools["podman exec"].insert(2, "-i")
 
         def throughput(argv: list[str]) -> float:
@@ -158,7 +307,8 @@ class Bench:
 
     def cold_run(self) -> None:
         """The box is stopped: boxd starts it and waits for its entry point; podman needs a start
-        then an exec; toolbox starts its container itself."""
+        then an exec; toolbox and distrobox start their container themselves (distrobox waits
+        for its init to run again)."""
         uid = str(self.user["uid"])
         tools = {
             # Stopped through boxd, so that its state is current when the run comes.
@@ -171,6 +321,9 @@ class Bench:
         if shutil.which("toolbox"):
             tools["toolbox run"] = (["podman", "stop", "-t", "0", TOOLBOX],
                                     ["toolbox", "run", "-c", TOOLBOX, "true"])
+        if self.distrobox.ready:
+            tools["distrobox enter"] = (self.distrobox.podman("stop", "-t", "0", DISTROBOX),
+                                        self.distrobox.enter(DISTROBOX, ["true"]))
         results = {name: Result("cold run: true", name, "s") for name in tools}
         for _ in range(max(3, self.rounds // 6)):
             for name, (stop, argv) in tools.items():
@@ -179,31 +332,51 @@ class Bench:
         self.results.extend(results.values())
 
     def create_and_start(self) -> None:
-        """A new box to the first command in it."""
-        boxctl = str(Path(sys.executable).with_name("boxctl"))
-        results = {name: Result("create + first run", name, "s")
-                   for name in ("boxctl run", "podman exec", "toolbox run")
-                   if name != "toolbox run" or shutil.which("toolbox")}
+        """A new box to the first command in it, per tool; removed after."""
+        tools: dict[str, Callable[[str], float]] = {"boxctl run": self._create_boxctl,
+                                                    "podman exec": self._create_podman}
+        if shutil.which("toolbox"):
+            tools["toolbox run"] = self._create_toolbox
+        if self.distrobox.ready:
+            tools["distrobox enter"] = self._create_distrobox
+        results = {name: Result("create + first run", name, "s") for name in tools}
         for i in range(3):
-            name = f"cs{i}"
-            started = time.perf_counter()
-            self.boxctl("create", name)
-            self.run(["runuser", "-u", self.user["name"], "--", "env",
-                      f"BOXD_BUS_ADDRESS={self.bus.address}", boxctl, "run", name, "--", "true"])
-            results["boxctl run"].samples.append(time.perf_counter() - started)
-            self.boxctl("rm", "-f", name)
-            started = time.perf_counter()  # a plain container: no user namespace, no set-up
-            self.run(["podman", "run", "-d", "--name", name, bed.DEBIAN_IMAGE, "sleep", "inf"])
-            self.run(["podman", "exec", name, "true"])
-            results["podman exec"].samples.append(time.perf_counter() - started)
-            self.run(["podman", "rm", "-f", "-t", "0", name])
-            if "toolbox run" in results:
-                started = time.perf_counter()
-                self.run(["toolbox", "create", "--image", bed.DEBIAN_IMAGE, "-c", name])
-                self.run(["toolbox", "run", "-c", name, "true"])
-                results["toolbox run"].samples.append(time.perf_counter() - started)
-                self.run(["podman", "rm", "-f", "-t", "0", name])
+            for name, create in tools.items():
+                results[name].samples.append(create(f"cs{i}"))
         self.results.extend(results.values())
+
+    def _create_boxctl(self, name: str) -> float:
+        started = time.perf_counter()
+        self.boxctl("create", name)
+        self.boxctl("run", name, "--", "true")
+        elapsed = time.perf_counter() - started
+        self.boxctl("rm", "-f", name)
+        return elapsed
+
+    def _create_podman(self, name: str) -> float:
+        started = time.perf_counter()  # a plain container: no user namespace, no set-up
+        self.run(["podman", "run", "-d", "--name", name, bed.DEBIAN_IMAGE, "sleep", "inf"])
+        self.run(["podman", "exec", name, "true"])
+        elapsed = time.perf_counter() - started
+        self.run(["podman", "rm", "-f", "-t", "0", name])
+        return elapsed
+
+    def _create_toolbox(self, name: str) -> float:
+        started = time.perf_counter()
+        self.run(["toolbox", "create", "--image", bed.DEBIAN_IMAGE, "-c", name])
+        self.run(["toolbox", "run", "-c", name, "true"])
+        elapsed = time.perf_counter() - started
+        self.run(["podman", "rm", "-f", "-t", "0", name])
+        return elapsed
+
+    def _create_distrobox(self, name: str) -> float:
+        """Its first enter runs distrobox's init, which apt-get installs what it misses."""
+        started = time.perf_counter()
+        self.run(self.distrobox.create(name))
+        self.run(self.distrobox.enter(name, ["true"]))
+        elapsed = time.perf_counter() - started
+        self.run(self.distrobox.podman("rm", "-f", "-t", "0", name))
+        return elapsed
 
     def concurrent(self, count: int = 50) -> None:
         """`count` boxctl runs at once: latency of each, and failures."""
@@ -295,6 +468,8 @@ class Bench:
         if self.footprint:
             lines += ["", "| daemon footprint | value |", "| --- | ---: |"]
             lines += [f"| {what} | {value} |" for what, value in self.footprint]
+        if self.notes:
+            lines += ["", *self.notes]
         return "\n".join(lines)
 
     def plot(self, path: Path) -> None:
@@ -323,7 +498,8 @@ class Bench:
         ax.set_xticks([g + width * (len(tools) - 1) / 2 for g in range(len(groups))])
         ax.set_xticklabels(groups, fontsize=8)
         ax.set_ylabel("median / podman exec's")
-        ax.set_title("boxd vs podman exec vs toolbox (time: lower is better; MiB/s: higher)")
+        rivals = " vs ".join(tool for tool in tools if tool != "boxctl run")
+        ax.set_title(f"boxd vs {rivals} (time: lower is better; MiB/s: higher)", fontsize=10)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -347,6 +523,31 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ensure_subids(name: str) -> bool:
+    """Subordinate uid and gid ranges for `name` (its rootless podman's user namespace), each
+    added after the last range in use if missing; whether any was added."""
+    added = False
+    for path, option in ((Path("/etc/subuid"), "--add-subuids"),
+                         (Path("/etc/subgid"), "--add-subgids")):
+        ranges = [line.split(":") for line in
+                  (path.read_text().splitlines() if path.exists() else [])
+                  if line.count(":") == 2]
+        if any(owner == name for owner, _, _ in ranges):
+            continue
+        start = max([100000, *(int(first) + int(count) for _, first, count in ranges)])
+        subprocess.run(["usermod", option, f"{start}-{start + 65535}", name], check=True,
+                       capture_output=True)
+        added = True
+    return added
+
+
+def _tail(output: bytes, lines: int = 3) -> str:
+    """The last `lines` non-blank lines of `output` on one line, without terminal colours."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output.decode(errors="replace"))
+    text = [" ".join(line.split())[:200] for line in plain.splitlines() if line.strip()]
+    return " / ".join(text[-lines:]) or "(no output)"
 
 
 def _fmt(value: float, unit: str) -> str:

@@ -3,8 +3,12 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/install-deps.sh"
-if ! command -v toolbox >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman-toolbox
+# The baselines: Toolbx (run as root) and Distrobox (run rootless, as the bench's user).
+baselines=()
+command -v toolbox >/dev/null || baselines+=(podman-toolbox)
+command -v distrobox >/dev/null || baselines+=(distrobox)
+if [ ${#baselines[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${baselines[@]}"
 fi
 venv=${BOXD_VENV:-/opt/boxd-venv}
 "$venv/bin/python" -c "import matplotlib" 2>/dev/null || "$venv/bin/pip" install -q matplotlib
