@@ -150,10 +150,6 @@ class WarmPool:
         for key in list(self._kinds):
             self._drop(key)
 
-    def ready(self, key: WarmKey) -> int:
-        kind = self._kinds.get(key)
-        return sum(1 for e in kind.entries if e.alive) if kind else 0
-
     def _expire(self, key: WarmKey) -> None:
         _log.debug("warm_expired", box=key.box, tty=key.tty)
         self._drop(key)
@@ -176,6 +172,9 @@ class WarmPool:
             except (podman.PodmanError, OSError, TimeoutError) as exc:
                 # Typically the box is stopping; the next spawn tries again.
                 _log.debug("warm_failed", box=key.box, tty=key.tty, error=str(exc))
+                return
+            except Exception:
+                _log.exception("warm_crashed", box=key.box, tty=key.tty)
                 return
             if entry is None:
                 kind.broken_until = asyncio.get_running_loop().time() + BROKEN_RETRY_SECONDS
