@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 from boxd import __version__
 
@@ -33,6 +36,8 @@ HINTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="boxctl", description="Create, enter and manage pet containers (boxes) with boxd.")
     parser.add_argument("--version", action="version", version=f"boxctl {__version__}")
@@ -131,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+def _options(args: argparse.Namespace | SimpleNamespace) -> dict[str, tuple[str, Any]]:
     """CreateBox options as D-Bus variants (signature, value)."""
     options: dict[str, tuple[str, Any]] = {}
     if args.home:
@@ -207,7 +212,7 @@ def open_terminal(name: str) -> int:
                      + ", ".join(p for p, _ in TERMINALS) + "); use 'boxctl enter' in one")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
     if args.verb == "completion":
         print(BASH_COMPLETION, end="")
         return 0
@@ -338,12 +343,66 @@ def _print_table(rows: list[dict[str, Any]], header: dict[str, str], as_json: bo
         print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+# What `run` and `enter` take in their plain forms (see plain_session).
+_SESSION_FLAGS = {"-T": "no_tty", "--no-tty": "no_tty", "-q": "quiet", "--quiet": "quiet"}
+
+
+def plain_session(argv: list[str]) -> SimpleNamespace | None:
+    """`boxctl [--user] run|enter ...` with only the flags those take, read without argparse:
+    importing and building the parser is a fifth of a warm run's start-up. Anything else (help,
+    a typo, another verb) returns None and goes to argparse, which says what is wrong."""
+    user = bool(os.environ.get("BOXD_USER"))
+    if argv[:1] == ["--user"]:
+        user, argv = True, argv[1:]
+    if not argv or argv[0] not in ("run", "enter"):
+        return None
+    verb, rest = argv[0], argv[1:]
+    args = SimpleNamespace(verb=verb, user=user, box=None, no_tty=False, quiet=False)
+    if verb == "run" and "--" in rest:
+        options, command = rest[:rest.index("--")], rest[rest.index("--") + 1:]
+    else:
+        options, command = rest, []
+    words = []
+    i = 0
+    while i < len(options):
+        word = options[i]
+        if word in ("-c", "--container") and i + 1 < len(options) \
+                and not options[i + 1].startswith("-"):
+            args.box = options[i + 1]
+            i += 2
+            continue
+        if word in _SESSION_FLAGS and not (verb == "enter" and word in ("-T", "--no-tty")):
+            setattr(args, _SESSION_FLAGS[word], True)
+        elif word.startswith("-") or (verb == "run" and "--" not in rest):
+            if verb == "run" and "--" not in rest and not word.startswith("-"):
+                command = options[i:]  # Toolbx style: the command starts at the first word
+                break
+            return None
+        else:
+            words.append(word)
+        i += 1
+    if verb == "enter":
+        if len(words) > 1:
+            return None
+        args.name = words[0] if words else None
+        return args
+    if len(words) > 1 or not command:
+        return None
+    args.box = args.box or (words[0] if words else None)
+    args.command = command
+    return args
+
+
+def parse(argv: list[str]) -> argparse.Namespace | SimpleNamespace:
+    return plain_session(argv) or parse_with_argparse(argv)
+
+
+def parse_with_argparse(argv: list[str]) -> argparse.Namespace:
     """argparse, plus run's command: everything after `--`, or after the options (Toolbx style)."""
     parser = build_parser()
-    if "run" not in argv:
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if argv[at:at + 1] != ["run"]:  # the verb is the first word; `enter run` enters box run
         return parser.parse_args(argv)
-    at = argv.index("run")
     head, rest = argv[:at + 1], argv[at + 1:]
     if "--" in rest:
         split = rest.index("--")
