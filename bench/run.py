@@ -385,8 +385,13 @@ class Bench:
         def one() -> tuple[float, bool]:
             started = time.perf_counter()
             result = subprocess.run(argv, env=self.env, capture_output=True, cwd="/")
-            return time.perf_counter() - started, result.stdout == b"ok\n"
+            ok = result.stdout == b"ok\n" and result.returncode == 0
+            if not ok:
+                why.append(f"exit {result.returncode}, stdout {result.stdout[:60]!r}, "
+                           f"stderr {result.stderr.decode(errors='replace').strip()[-200:]!r}")
+            return time.perf_counter() - started, ok
 
+        why: list[str] = []
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(count) as pool:
@@ -396,6 +401,8 @@ class Bench:
         self.results.append(result)
         failures = sum(1 for _, ok in outcomes if not ok)
         self.footprint.append((f"{count} concurrent boxctl runs: failures", str(failures)))
+        for reason in sorted(set(why))[:3]:
+            self.footprint.append(("a failure", reason))
 
     def keystroke(self, samples: int = 40) -> None:
         """Echo round trip of one key through `cat` on a terminal."""
@@ -485,6 +492,8 @@ class Bench:
         groups = [g for g in dict.fromkeys(r.group for r in self.results)
                   if any(r.tool == "podman exec" for r in self.results if r.group == g)]
         tools = list(dict.fromkeys(r.tool for r in self.results if r.group in groups))
+        if not tools:
+            return  # only groups without a podman exec baseline were run
         fig, ax = plt.subplots(figsize=(10, 4.5))
         width = 0.8 / len(tools)
         for t, tool in enumerate(tools):
@@ -556,24 +565,27 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value * 1e6:.0f} µs" if value < 0.001 else f"{value * 1000:.1f} ms"
 
 
+# In the order a full run takes them.
+GROUPS = {"warm": "warm_run", "stream": "stream", "cold": "cold_run",
+          "create": "create_and_start", "concurrent": "concurrent", "keystroke": "keystroke",
+          "footprint": "daemon_footprint"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="samples per tool (warm run)")
     parser.add_argument("--stream-mib", type=int, default=256, help="MiB for the stream test")
     parser.add_argument("--quick", action="store_true",
                         help="only warm runs and the stream (issue 3's pair)")
+    parser.add_argument("--only", action="append", choices=list(GROUPS), default=[],
+                        help="run only this group (repeatable)")
     args = parser.parse_args()
     bench = Bench(args.rounds, args.stream_mib)
+    groups = args.only or (["warm", "stream"] if args.quick else list(GROUPS))
     try:
         bench.up()
-        bench.warm_run()
-        bench.stream()
-        if not args.quick:
-            bench.cold_run()
-            bench.create_and_start()
-            bench.concurrent()
-            bench.keystroke()
-            bench.daemon_footprint()
+        for group in groups:
+            getattr(bench, GROUPS[group])()
     finally:
         bench.down()
     bench.save()
