@@ -398,11 +398,24 @@ class BoxManager:
             full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login, **env}
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
+            # Kept for one more try, should podman have stopped the box behind our back.
+            spare = {target: os.dup(fd) for target, fd in fds.items()}
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=dict(fds),
                                    user=user, tty=tty, login_shell=login_shell)
-            fds = {}  # handed over
+            fds = spare  # the request's are handed over; the spares are closed below
             with self._podman_errors():
-                return await self.sessions.spawn(request, caller_uid, caller_sender)
+                try:
+                    return await self.sessions.spawn(request, caller_uid, caller_sender)
+                except podman.Conflict:
+                    # "can only create exec sessions on running containers": stopped outside
+                    # boxd, and its event is still on the way. Learn its state, start it, retry.
+                    box = _from_inspect(await self._podman.inspect_container(name))
+                    self._upsert(box)
+                    if box.state == "running":
+                        raise
+                    await self.start(name)
+                    request.fds, fds = fds, {}
+                    return await self.sessions.spawn(request, caller_uid, caller_sender)
         finally:
             for fd in fds.values():
                 with contextlib.suppress(OSError):

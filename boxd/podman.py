@@ -315,13 +315,16 @@ def split_reference(reference: str) -> tuple[str, str]:
 def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
+    cause = ""
     try:
         body = response.json()
         message = body.get("message") or body.get("cause") or response.text
+        cause = str(body.get("cause") or "")
     except (ValueError, AttributeError):
         message = response.text.strip() or response.reason_phrase
     if response.status_code == 404:
         raise NotFound(404, message)
-    if response.status_code == 409:
-        raise Conflict(409, message)
+    # libpod answers 500 when a container is in the wrong state for the call.
+    if response.status_code == 409 or cause == "container state improper":
+        raise Conflict(response.status_code, message)
     raise ApiError(response.status_code, message)
