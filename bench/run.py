@@ -228,8 +228,11 @@ class Bench:
         return {**self.podman.env, "BOXD_BUS_ADDRESS": self.bus.address}
 
     def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, env=self.env, check=True, capture_output=True, cwd="/",
-                              **kwargs)
+        result = subprocess.run(argv, env=self.env, capture_output=True, cwd="/", **kwargs)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}: "
+                               f"{result.stderr.decode(errors='replace').strip()[-400:]}")
+        return result
 
     def note(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
