@@ -144,6 +144,7 @@ class WarmPool:
     def forget_box(self, box: str) -> None:
         """The box stopped or went away: its warm execs are gone or about to be."""
         for key in [k for k in self._kinds if k.box == box]:
+            _log.debug("warm_dropped", box=box, tty=key.tty, ready=len(self._kinds[key].entries))
             self._drop(key)
 
     def close(self) -> None:

@@ -148,6 +148,11 @@ def test_killing_the_client_ends_the_process_in_the_box(boxd_bed, alice, alice_b
     assert not _pgrep(marker), "the process in the box outlived its client"
 
 
+def _pgrep_all(pattern: str) -> str:
+    return subprocess.run(["ps", "-eo", "pid,ppid,user,args"], capture_output=True,
+                          text=True).stdout.count(pattern.split()[0])
+
+
 def _pgrep(pattern: str) -> bool:
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
 
@@ -242,7 +247,10 @@ def test_sessions_after_the_first_start_from_warm_execs(boxd_bed, alice):
                 assert t.output == b"30 100\r\nicanon\r\necho\r\n", t.output
             finally:
                 t.close()
-            assert _until(lambda: _warm_launchers(box_id) == 4), _warm_launchers(box_id)
+            assert _until(lambda: _warm_launchers(box_id) == 4), (
+                _warm_launchers(box_id), _pgrep_all("boxd-warm boxd-warm-"),
+                [e for e in boxd_bed.daemon.log_events("warm_dropped")
+                 + boxd_bed.daemon.log_events("warm_failed") if e.get("box") == box])
         sessions = [e for e in boxd_bed.daemon.log_events("session_started") if e.get("box") == box]
         assert [(e["tty"], e["warm"]) for e in sessions] == [
             (False, False), (False, True), (False, True), (True, False), (True, True), (True, True)]
