@@ -263,6 +263,7 @@ class BoxManager:
     async def stop(self, name: str) -> BoxInfo:
         self.get(name)
         async with self._lock(name):
+            await self.sessions.warm.release_box(name)
             with self._podman_errors():
                 await self._podman.stop_container(name, self._config.stop_timeout)
                 box = _from_inspect(await self._podman.inspect_container(name))
@@ -281,6 +282,7 @@ class BoxManager:
             box = self.get(name)
             if box.state in ("running", "starting", "paused") and not force:
                 raise errors.Busy(f"box {name!r} is running; stop it first or remove it with force")
+            await self.sessions.warm.release_box(name)
             with self._podman_errors():
                 try:
                     await self._podman.remove_container(name, force=force)
