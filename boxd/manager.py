@@ -385,7 +385,8 @@ class BoxManager:
                     cwd: str, env: dict[str, str], fds: dict[int, int], tty: bool,
                     login_shell: bool, as_root: bool = False) -> Session:
         """Run a command (or the login shell) in a box as its owner, starting the box if needed.
-        `fds` are boxd's own duplicates of the caller's fds; the session owns them from here."""
+        `fds` are boxd's own duplicates of the caller's fds, closed here once the session holds
+        descriptions of its own."""
         try:
             self.get(name)
             _check_command(argv, cwd, env, login_shell)
@@ -400,11 +401,8 @@ class BoxManager:
             full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login, **env}
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
-            # Kept for one more try, should podman have stopped the box behind our back.
-            spare = {target: os.dup(fd) for target, fd in fds.items()}
-            request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=dict(fds),
+            request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=fds,
                                    user=user, tty=tty, login_shell=login_shell)
-            fds = spare  # the request's are handed over; the spares are closed below
             with self._podman_errors():
                 try:
                     return await self.sessions.spawn(request, caller_uid, caller_sender)
@@ -416,7 +414,6 @@ class BoxManager:
                     if box.state == "running":
                         raise
                     await self.start(name)
-                    request.fds, fds = fds, {}
                     return await self.sessions.spawn(request, caller_uid, caller_sender)
         finally:
             for fd in fds.values():

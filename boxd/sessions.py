@@ -55,7 +55,7 @@ class SpawnRequest:
     argv: list[str]              # empty with login_shell
     cwd: str
     env: dict[str, str]
-    fds: dict[int, int]          # 0/1/2 -> caller's fd (boxd's own duplicate; the session owns it)
+    fds: dict[int, int]          # 0/1/2 -> caller's fd (boxd's own duplicate, still its caller's)
     user: str                    # "uid:gid" inside the box
     tty: bool
     login_shell: bool = False
@@ -141,7 +141,8 @@ class SessionManager:
         return sum(1 for s in self._sessions.values() if s.caller_uid == uid and s.running)
 
     async def spawn(self, request: SpawnRequest, caller_uid: int, caller_sender: str) -> Session:
-        """Create and start the exec; returns once the process runs and its fds are pumped."""
+        """Create and start the exec; returns once the process runs and its fds are pumped.
+        The session pumps descriptions of its own: `request.fds` stay the caller's to close."""
         streams: dict[int, FdStream] = {}
         try:
             if self.count(caller_uid) >= self._max_per_user:
@@ -171,11 +172,6 @@ class SessionManager:
             for s in streams.values():
                 s.close()
             raise
-        finally:
-            # FdStreams hold descriptions of their own; the fds we were handed are done with.
-            for fd in request.fds.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
         session = Session(id=f"{next(self._ids)}", box=request.box, caller_uid=caller_uid,
                           caller_sender=caller_sender, tty=request.tty, exec_id=exec_id,
                           warm_key=warm_key, _client=self._podman)
@@ -191,8 +187,10 @@ class SessionManager:
                           ) -> tuple[str, podman.ExecStream | None, WarmKey | None]:
         """Hand the request to a warm exec of its kind, if one is ready. Also returns the kind,
         when the request could use one, so that its end can top the kind up."""
+        if request.tty and 0 not in streams:
+            return "", None, None
         line = request_line(request.env, args)
-        if line is None or (request.tty and 0 not in streams):
+        if line is None:
             return "", None, None
         key = WarmKey(request.box, request.user, request.tty)
         taken = self.warm.take(key)

@@ -10,7 +10,7 @@ from boxd import errors
 from boxd.config import Config
 from boxd.manager import BoxInfo, BoxManager
 from boxd.model import Owner
-from boxd.sessions import Session, SessionManager, SpawnRequest
+from boxd.sessions import Session
 
 
 class NoPodman:
@@ -32,15 +32,17 @@ def test_box_cap(tmp_path):
         asyncio.run(manager.create(1000, "third", "img", {}))
 
 
-def test_session_cap():
-    sessions = SessionManager(NoPodman(), max_per_user=1)
-    sessions._sessions["1"] = Session(id="1", box="b", caller_uid=1000, caller_sender=":1.1",
-                                      tty=False)
+def test_session_cap(tmp_path):
+    config = Config(state_dir=str(tmp_path), max_sessions_per_user=1, userns=False)
+    manager = BoxManager(config, NoPodman(), owner_lookup=owner)
+    manager._upsert(BoxInfo("b", "id1", "img", 1000, "running", 0, "0.1.0"))
+    manager.sessions._sessions["1"] = Session(id="1", box="b", caller_uid=1000,
+                                              caller_sender=":1.1", tty=False)
     read, write = os.pipe()
-    request = SpawnRequest(box="b", argv=["true"], cwd="/", env={}, fds={1: write}, user="1000",
-                           tty=False)
     with pytest.raises(errors.LimitReached, match="1 sessions open already"):
-        asyncio.run(sessions.spawn(request, 1000, ":1.2"))
+        asyncio.run(manager.spawn("b", caller_uid=1000, caller_sender=":1.2", argv=["true"],
+                                  cwd="/", env={}, fds={1: write}, tty=False,
+                                  login_shell=False))
     os.close(read)
     with pytest.raises(OSError):  # the handed-over fd was closed, not leaked
         os.fstat(write)
