@@ -362,6 +362,7 @@ def plain_session(argv: list[str]) -> SimpleNamespace | None:
         options, command = rest[:rest.index("--")], rest[rest.index("--") + 1:]
     else:
         options, command = rest, []
+    toolbx_style = verb == "run" and "--" not in rest
     words = []
     i = 0
     while i < len(options):
@@ -373,11 +374,11 @@ def plain_session(argv: list[str]) -> SimpleNamespace | None:
             continue
         if word in _SESSION_FLAGS and not (verb == "enter" and word in ("-T", "--no-tty")):
             setattr(args, _SESSION_FLAGS[word], True)
-        elif word.startswith("-") or (verb == "run" and "--" not in rest):
-            if verb == "run" and "--" not in rest and not word.startswith("-"):
-                command = options[i:]  # Toolbx style: the command starts at the first word
-                break
+        elif word.startswith("-"):
             return None
+        elif toolbx_style:
+            command = options[i:]  # the command starts at the first word that is no option
+            break
         else:
             words.append(word)
         i += 1

@@ -118,13 +118,7 @@ class PodmanClient:
                             timeout=self._timeout + 30)
 
     async def inspect_container(self, name: str) -> dict[str, Any]:
-        try:
-            return (await self._request("GET", f"/containers/{name}/json")).json()
-        except ApiError as exc:
-            # Removed while podman looked it up: a 500 "no such container", not a 404.
-            if "no such container" in exc.message:
-                raise NotFound(exc.status, exc.message) from None
-            raise
+        return (await self._request("GET", f"/containers/{name}/json")).json()
 
     async def container_exists(self, name: str) -> bool:
         return await self._exists(f"/containers/{name}/exists")
@@ -322,8 +316,9 @@ def _raise_for_status(response: httpx.Response) -> None:
         cause = str(body.get("cause") or "")
     except (ValueError, AttributeError):
         message = response.text.strip() or response.reason_phrase
-    if response.status_code == 404:
-        raise NotFound(404, message)
+    # A container removed while podman looks it up comes back as a 500 "no such container".
+    if response.status_code == 404 or "no such container" in message:
+        raise NotFound(response.status_code, message)
     # libpod answers 500 when a container is in the wrong state for the call.
     if response.status_code == 409 or cause == "container state improper":
         raise Conflict(response.status_code, message)

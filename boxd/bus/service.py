@@ -167,12 +167,12 @@ class BoxInterface(ServiceInterface):
     async def StartJob(self, options: "a{sv}") -> "o":
         caller = current_caller()
         unpack_options(options, {}, "start option")
-        if caller.uid == self.info.owner and self.info.state == "running":
-            return "/"  # nothing to do, and nothing the owner may not know: no polkit round trip
-        name = await self._authorized_name("start")
+        # That it runs already is nothing its owner may not know: no polkit round trip then.
+        if caller.uid != self.info.owner or self.info.state != "running":
+            await self._authorized_name("start")
         if self.info.state == "running":
             return "/"
-        manager = self._service.manager
+        name, manager = self.info.name, self._service.manager
         return self._service.job_started(self._service.jobs.run(
             "start", name, caller.uid, caller.sender,
             lambda output: manager.start(name, on_output=output)))
