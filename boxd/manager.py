@@ -289,7 +289,7 @@ class BoxManager:
                 except podman.NotFound:
                     pass
             self._drop_state(name)
-            self._forget(box.name)
+            self._forget(box.name, "removed")
 
     async def apply(self, owner_uid: int, entries: list[manifest.BoxEntry],
                     dry_run: bool) -> list[PlanItem]:
@@ -471,7 +471,9 @@ class BoxManager:
         delay = 0.2
         while True:
             try:
-                events = self._podman.events({"type": ["container"]})
+                # The stream opens at its first read, after the resync: replaying from just
+                # before the resync loses nothing in between (events are idempotent here).
+                events = self._podman.events({"type": ["container"]}, since=int(time.time()) - 1)
                 await self.resync()
                 if not self._podman_up:
                     self._podman_up = True
@@ -491,6 +493,7 @@ class BoxManager:
             delay = min(delay * 2, 5.0)
 
     async def resync(self) -> None:
+        known_before = set(self._boxes)  # a box created while podman lists is not stale
         entries = await self._podman.list_containers(labels=[f"{LABEL_MANAGED}=true"])
         seen = set()
         for entry in entries:
@@ -498,25 +501,33 @@ class BoxManager:
                 box = _from_list_entry(entry)
                 seen.add(box.name)
                 self._upsert(box)
-        for name in [n for n in self._boxes if n not in seen]:
-            self._forget(name)
+        for name in [n for n in known_before if n not in seen]:
+            self._forget(name, "not listed by podman")
 
     async def _on_event(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
         attrs = actor.get("Attributes") or {}
         name = attrs.get("name", "")
-        if name not in self._boxes and not _is_box(attrs):
+        container_id = actor.get("ID", "")
+        known = self._boxes.get(name)
+        if known is None and not _is_box(attrs):
             return
         action = event.get("Action") or event.get("Status") or ""
         if action.startswith("exec") or action == "attach":
             return  # sessions come and go; the box's own state did not change
+        # An event may be late (about an earlier container of a re-created box) or come from
+        # another podman sharing the event log: only one about the container we know by this
+        # name may make us forget the box.
+        about_known = known is not None and (not container_id or container_id == known.id)
         if action == "remove":
-            self._forget(name)
+            if about_known:
+                self._forget(name, "podman removed it")
             return
         try:
-            data = await self._podman.inspect_container(name)
-        except podman.NotFound:
-            self._forget(name)
+            data = await self._podman.inspect_container(container_id or name)
+        except podman.NotFound as exc:
+            if about_known:
+                self._forget(name, f"podman does not know it after {action!r}: {exc.message}")
             return
         if _is_box((data.get("Config") or {}).get("Labels")):
             self._upsert(_from_inspect(data))
@@ -541,10 +552,11 @@ class BoxManager:
             self._boxes[name] = replace(box, state=state)
             self.observer.box_changed(self._boxes[name], ["state"])
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, why: str) -> None:
         box = self._boxes.pop(name, None)
         self.sessions.warm.forget_box(name)
         if box is not None:
+            _log.info("box_forgotten", box=name, why=why)
             self._locks.pop(name, None)
             self.observer.box_removed(box)
 

@@ -239,10 +239,13 @@ class PodmanClient:
         return str(response.json().get("Id", ""))
 
     # -- events --------------------------------------------------------------------------------
-    async def events(self, filters: Mapping[str, list[str]] | None = None
-                     ) -> AsyncIterator[dict[str, Any]]:
-        """Follow podman's event stream; ends (or raises PodmanUnavailable) if podman goes away."""
+    async def events(self, filters: Mapping[str, list[str]] | None = None,
+                     since: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Follow podman's event stream (from unix time `since`, else from now); ends (or raises
+        PodmanUnavailable) if podman goes away."""
         params = {"stream": "true", **_filters(filters)}
+        if since is not None:
+            params["since"] = str(since)
         async for event in self._json_lines("GET", "/events", params, "the event stream"):
             yield event
 
