@@ -157,3 +157,40 @@ def boxctl_argv(boxd: Boxd, user: str, *args: str) -> list[str]:
     """boxctl as a real user on the test bus."""
     return ["runuser", "-u", user, "--", "env", f"BOXD_BUS_ADDRESS={boxd.address}",
             str(Path(sys.executable).with_name("boxctl")), *args]
+
+
+# -- on failure, what the daemon logged during the test ------------------------------------------
+# CI shows only a failure's report: the daemon's own words about that moment belong in it.
+_DAEMON_LOG = RUN_ROOT / "boxd" / "boxd.log"
+_log_offset = pytest.StashKey[int]()
+
+
+def _log_size() -> int:
+    try:
+        return _DAEMON_LOG.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_log_offset] = _log_size()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or "boxd_bed" not in getattr(item, "fixturenames", ()):
+        return
+    try:
+        with _DAEMON_LOG.open("rb") as log:
+            log.seek(item.stash.get(_log_offset, 0))
+            lines = log.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return
+    # The routine "call"/"authorization" lines would drown what matters.
+    notable = [line for line in lines
+               if '"call"' not in line and '"authorization"' not in line][-80:]
+    if notable:
+        report.sections.append(("boxd log during this test", "\n".join(notable)))
