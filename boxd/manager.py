@@ -250,7 +250,7 @@ class BoxManager:
             self._starting.add(name)
             self._set_state(name, "starting")
             try:
-                since = int(time.time()) - 1
+                since = time.time()
                 with self._podman_errors():
                     await self._podman.start_container(name)
                     await self._await_ready(name, token, since, on_output)
@@ -433,7 +433,7 @@ class BoxManager:
             check_volume_source(volume, owner, homes)
 
     # -- readiness -----------------------------------------------------------------------------
-    async def _await_ready(self, name: str, token: str, since: int,
+    async def _await_ready(self, name: str, token: str, since: float,
                            on_output: Callable[[str], None] | None = None) -> None:
         """Read the box's log until its entry point says ready (or why not), or it is silent
         for start_timeout seconds (installing packages may take minutes, but prints as it goes)."""
@@ -446,6 +446,8 @@ class BoxManager:
                     silence.reschedule(loop.time() + self._config.start_timeout)
                     if line == ready:
                         return
+                    if line.startswith(READY_LINE):
+                        continue  # another start's (a restart within the same instant)
                     if line.startswith(ERROR_PREFIX):
                         raise errors.StartFailed(
                             f"box {name!r} failed to start: "

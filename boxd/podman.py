@@ -127,13 +127,13 @@ class PodmanClient:
         params = {"all": "true", **_filters({"label": labels} if labels else None)}
         return (await self._request("GET", "/containers/json", params=params)).json() or []
 
-    async def container_logs(self, name: str, *, since: int | None = None,
+    async def container_logs(self, name: str, *, since: float | None = None,
                              follow: bool = True) -> AsyncIterator[tuple[int, bytes]]:
         """Yield (stream, line) from a non-tty container's log; stream 1 is stdout, 2 stderr."""
         params: dict[str, Any] = {"follow": str(follow).lower(), "stdout": "true",
                                   "stderr": "true"}
         if since is not None:
-            params["since"] = str(since)
+            params["since"] = f"{since:.6f}"  # podman keeps nanoseconds: a start's own lines only
         async for stream, payload in self._stream_frames(f"/containers/{name}/logs", params):
             for line in payload.splitlines():
                 yield stream, line

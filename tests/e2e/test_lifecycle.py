@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bed import BUSYBOX_IMAGE
+from conftest import boxctl_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +167,21 @@ def test_a_changed_login_shell_reaches_the_box_at_its_next_start(boxd_bed, alice
         subprocess.run(["usermod", "-s", "/bin/bash", user], check=True)
         sleeper.kill()
         boxd_bed.box("alice-shell", "Remove", "b", [True], user=user)
+
+
+def test_a_quick_restart_shows_only_its_own_start(boxd_bed, alice):
+    """boxctl start shows what the entry point prints on the way: of this start, not the one a
+    moment ago (podman's log holds every start's lines), and never the readiness protocol."""
+    user = alice["name"]
+    create(boxd_bed, "alice-again", user, options={"hooks": {"$v": ["as", ["echo hook ran"]]}})
+    try:
+        shown = []
+        for _ in range(3):
+            run = subprocess.run(boxctl_argv(boxd_bed, user, "start", "alice-again"),
+                                 capture_output=True, timeout=60, cwd="/")
+            assert run.returncode == 0, run.stderr
+            shown.append(run.stderr.decode())
+            assert boxd_bed.box("alice-again", "Stop", user=user) == {"body": []}
+        assert shown == ["Starting box alice-again ...\n  hook ran\n"] * 3
+    finally:
+        boxd_bed.box("alice-again", "Remove", "b", [True], user=user)
