@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from boxd import boxconf, errors, log, manifest, podman
+from boxd import boxconf, errors, log, manifest, podman, readiness
 from boxd.config import Config
 from boxd.exports import Export, Exports
 from boxd.model import (
@@ -40,8 +40,6 @@ from boxd.sessions import Session, SessionManager, SpawnRequest
 from boxd.subids import SubidAllocator
 
 _log = log.get("boxd.manager")
-READY_LINE = b"boxd-init: ready"
-ERROR_PREFIX = b"boxd-init: error: "
 
 
 @dataclass(frozen=True)
@@ -250,13 +248,17 @@ class BoxManager:
             self._starting.add(name)
             self._set_state(name, "starting")
             try:
-                since = time.time()
-                with self._podman_errors():
+                with self._podman_errors(), readiness.ReadyPipe(self._config_dir(name)) as pipe:
+                    since = time.time()
                     await self._podman.start_container(name)
-                    await self._await_ready(name, token, since, on_output)
+                    told_by = await readiness.await_ready(self._podman, name, token, since,
+                                                          self._config.start_timeout, pipe,
+                                                          on_output)
                     box = _from_inspect(await self._podman.inspect_container(name))
             finally:
                 self._starting.discard(name)
+            _log.info("box_started", box=name, ready_by=told_by,
+                      duration_ms=round((time.time() - since) * 1000, 1))
             self._upsert(box)
             return box
 
@@ -431,41 +433,6 @@ class BoxManager:
             check_volume_source(Volume(settings.home, settings.home), owner, homes)
         for volume in settings.volumes:
             check_volume_source(volume, owner, homes)
-
-    # -- readiness -----------------------------------------------------------------------------
-    async def _await_ready(self, name: str, token: str, since: float,
-                           on_output: Callable[[str], None] | None = None) -> None:
-        """Read the box's log until its entry point says ready (or why not), or it is silent
-        for start_timeout seconds (installing packages may take minutes, but prints as it goes)."""
-        ready = READY_LINE + b" " + token.encode()
-        last: list[str] = []
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._config.start_timeout) as silence:
-                async for _stream, line in self._podman.container_logs(name, since=since):
-                    silence.reschedule(loop.time() + self._config.start_timeout)
-                    if line == ready:
-                        return
-                    if line.startswith(READY_LINE):
-                        continue  # another start's (a restart within the same instant)
-                    if line.startswith(ERROR_PREFIX):
-                        raise errors.StartFailed(
-                            f"box {name!r} failed to start: "
-                            f"{line[len(ERROR_PREFIX):].decode(errors='replace')}")
-                    text = line.decode(errors="replace")
-                    last = [*last[-4:], text]
-                    if on_output is not None:
-                        on_output(text)
-        except TimeoutError:
-            raise errors.Timeout(
-                f"box {name!r} said nothing for {self._config.start_timeout:g} s and is not ready"
-                + (f"; its last output: {' | '.join(last)}" if last else "")) from None
-        # The log ended: the entry point exited without saying ready.
-        status = await self._podman.inspect_container(name)
-        code = (status.get("State") or {}).get("ExitCode")
-        raise errors.StartFailed(
-            f"box {name!r} exited (status {code}) before it was ready"
-            + (f"; its last output: {' | '.join(last)}" if last else ""))
 
     # -- podman events -------------------------------------------------------------------------
     async def run(self, on_podman_change: Callable[[bool], None] | None = None) -> None:

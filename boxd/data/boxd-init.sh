@@ -6,6 +6,7 @@
 #
 # Protocol with the daemon (read from the container log): one line "boxd-init: ready" when the box is
 # usable (followed by the start token boxd put in the config), or "boxd-init: error: <why>" before exiting non-zero.
+# The ready line also goes, as "ready <token>", into the FIFO "ready" next to the config, when there is one.
 #
 # The box's current config is a generated sh file, sourced below. It sets BOXD_* variables and defines
 # boxd_apply(), which calls boxd_volume SRC DST MODE and boxd_env NAME VALUE once per item, then
@@ -306,6 +307,13 @@ write_profile
 
 trap 'exit 0' TERM INT HUP
 say "ready ${BOXD_START_TOKEN:-}"
+# And at once through boxd's FIFO next to the config (podman passes log lines on only every
+# quarter second). A read-write open never blocks, even with nobody reading; not `exec`: a
+# failed redirection must not end this shell.
+ready_pipe=${BOXD_CONFIG%/*}/ready
+if [ -p "$ready_pipe" ]; then
+    printf 'ready %s\n' "${BOXD_START_TOKEN:-}" 2>/dev/null 1<>"$ready_pipe" || :
+fi
 
 # Stay up as the box's main process; now and then follow host changes of DNS, hosts and time zone.
 while :; do

@@ -28,6 +28,11 @@ def start(boxd, name, user):
     assert reply == {"body": []}, reply
 
 
+def ready_by(boxd, name):
+    """How the entry point told the daemon it was ready, per start of `name` so far."""
+    return [e["ready_by"] for e in boxd.daemon.log_events("box_started") if e["box"] == name]
+
+
 def inside(boxd, name, command, uid):
     return boxd.exec_in(name, command, uid=uid).stdout.decode()
 
@@ -98,6 +103,7 @@ def test_busybox_image_without_useradd_comes_up(boxd_bed, alice):
     assert inside(boxd, "alice-tiny", "id -un", uid).strip() == user
     assert inside(boxd, "alice-tiny", "readlink /etc/resolv.conf", uid).strip() == \
         "/run/host/etc/resolv.conf"
+    assert ready_by(boxd, "alice-tiny") == ["pipe"]  # busybox ash wrote the FIFO
     assert boxd.box("alice-tiny", "Remove", "b", [True], user=user) == {"body": []}
 
 
@@ -183,5 +189,8 @@ def test_a_quick_restart_shows_only_its_own_start(boxd_bed, alice):
             shown.append(run.stderr.decode())
             assert boxd_bed.box("alice-again", "Stop", user=user) == {"body": []}
         assert shown == ["Starting box alice-again ...\n  hook ran\n"] * 3
+        # Ready came through the FIFO each time (the log follow lags), and the output shown
+        # above was complete all the same.
+        assert ready_by(boxd_bed, "alice-again") == ["pipe"] * 3
     finally:
         boxd_bed.box("alice-again", "Remove", "b", [True], user=user)
