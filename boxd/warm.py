@@ -195,16 +195,18 @@ class WarmPool:
             except Exception:
                 _log.exception("warm_crashed", box=key.box, tty=key.tty)
                 return
-            if entry is None:
+            if isinstance(entry, bytes):
                 kind.broken_until = asyncio.get_running_loop().time() + BROKEN_RETRY_SECONDS
-                _log.info("warm_unsupported", box=key.box, tty=key.tty)
+                _log.info("warm_unsupported", box=key.box, tty=key.tty,
+                          said=entry[:200].decode(errors="replace"))
                 return
             if self._kinds.get(key) is not kind:
                 entry.close()
                 return
             kind.entries.append(entry)
 
-    async def _start(self, key: WarmKey) -> _Entry | None:
+    async def _start(self, key: WarmKey) -> _Entry | bytes:
+        """A launcher ready for a request, or what it said instead of its marker."""
         marker = "boxd-warm-" + secrets.token_hex(8)
         exec_id = await self._podman.exec_create(key.box, {
             "Cmd": ["/bin/sh", "-c", self._script, "boxd-warm", marker],
@@ -222,7 +224,7 @@ class WarmPool:
             raise
         if said != marker.encode():
             entry.close()
-            return None
+            return said
         return entry
 
 

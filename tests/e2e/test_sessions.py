@@ -249,8 +249,8 @@ def test_sessions_after_the_first_start_from_warm_execs(boxd_bed, alice):
                 t.close()
             assert _until(lambda: _warm_launchers(box_id) == 4), (
                 _warm_launchers(box_id), _pgrep_all("boxd-warm boxd-warm-"),
-                [e for e in boxd_bed.daemon.log_events("warm_dropped")
-                 + boxd_bed.daemon.log_events("warm_failed") if e.get("box") == box])
+                [e for kind in ("warm_dropped", "warm_failed", "warm_unsupported", "warm_crashed")
+                 for e in boxd_bed.daemon.log_events(kind) if e.get("box") == box])
         sessions = [e for e in boxd_bed.daemon.log_events("session_started") if e.get("box") == box]
         assert [(e["tty"], e["warm"]) for e in sessions] == [
             (False, False), (False, True), (False, True), (True, False), (True, True), (True, True)]
