@@ -33,6 +33,22 @@ def ready_by(boxd, name):
     return [e["ready_by"] for e in boxd.daemon.log_events("box_started") if e["box"] == name]
 
 
+def assert_host_shared(boxd, name, uid):
+    """The host's /tmp and machine id are the box's, each mounted once."""
+    marker = Path("/tmp") / f"boxd-shared-{name}"
+    marker.write_text("from the host")
+    try:
+        assert inside(boxd, name, f"cat {marker}", uid) == "from the host"
+    finally:
+        marker.unlink()
+    points = inside(boxd, name, "cut -d' ' -f5 /proc/self/mountinfo", uid).split()
+    assert points.count("/tmp") == 1
+    if Path("/etc/machine-id").exists():
+        assert inside(boxd, name, "cat /etc/machine-id", uid) == \
+            Path("/etc/machine-id").read_text()
+        assert points.count("/etc/machine-id") == 1
+
+
 def inside(boxd, name, command, uid):
     return boxd.exec_in(name, command, uid=uid).stdout.decode()
 
@@ -72,6 +88,7 @@ def test_lifecycle_of_a_users_box(boxd_bed, alice):
     # The box's hostname resolves inside it (sudo and X11 stall otherwise); sudo needs no password.
     assert "alice-dev" in inside(boxd, "alice-dev", "getent hosts alice-dev", uid)
     assert inside(boxd, "alice-dev", "sudo -n id -u", uid).strip() == "0"
+    assert_host_shared(boxd, "alice-dev", uid)
 
     reply = boxd.box("alice-dev", "Stop", user=user)
     assert reply == {"body": []}, reply
@@ -83,6 +100,7 @@ def test_lifecycle_of_a_users_box(boxd_bed, alice):
     passwd = inside(boxd, "alice-dev", "grep -c '^boxd-alice:' /etc/passwd", uid)
     assert passwd.strip() == "1"
     assert inside(boxd, "alice-dev", "grep -c 'boxd: alice-dev' /etc/hosts", uid).strip() == "1"
+    assert_host_shared(boxd, "alice-dev", uid)
 
     reply = boxd.box("alice-dev", "Remove", "b", [False], user=user)
     assert reply["error"] == ERR + "Busy"
