@@ -484,19 +484,18 @@ class BoxManager:
         action = event.get("Action") or event.get("Status") or ""
         if action.startswith("exec") or action == "attach":
             return  # sessions come and go; the box's own state did not change
-        # An event may be late (about an earlier container of a re-created box) or come from
-        # another podman sharing the event log: only one about the container we know by this
-        # name may make us forget the box.
-        about_known = known is not None and (not container_id or container_id == known.id)
         if action == "remove":
-            if about_known:
+            # An event may be late (about an earlier container of a re-created box) or come
+            # from another podman sharing the event log: only the removal of the container we
+            # know by this name makes us forget the box.
+            if known is not None and (not container_id or container_id == known.id):
                 self._forget(name, "podman removed it")
             return
         try:
             data = await self._podman.inspect_container(container_id or name)
-        except podman.NotFound as exc:
-            if about_known:
-                self._forget(name, f"podman does not know it after {action!r}: {exc.message}")
+        except podman.NotFound:
+            # Gone already (its "remove" event follows), or not this podman's. Not a reason to
+            # forget: podman's lookups can fail for a moment while other containers come and go.
             return
         if _is_box((data.get("Config") or {}).get("Labels")):
             self._upsert(_from_inspect(data))

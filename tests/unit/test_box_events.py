@@ -84,12 +84,17 @@ async def test_events_about_the_known_container_still_count(setup):
     assert manager.boxes() == []
 
 
-async def test_a_box_that_vanished_between_event_and_inspect_is_forgotten(setup):
+async def test_a_failed_lookup_alone_does_not_make_a_box_vanish(setup):
+    """podman's lookups can fail for a moment while other containers are created or removed;
+    a box goes with its own "remove" event."""
     containers, manager = setup
     containers.add("dev", "the-id")
     await manager.resync()
-    containers.remove("the-id")
+    hidden = containers.by_id.pop("the-id")
     await manager._on_event(event("died", "dev", "the-id"))
+    assert [b.name for b in manager.boxes()] == ["dev"]
+    containers.by_id["the-id"] = hidden
+    await manager._on_event(event("remove", "dev", "the-id"))
     assert manager.boxes() == []
 
 
