@@ -248,13 +248,19 @@ class BoxManager:
             self._starting.add(name)
             self._set_state(name, "starting")
             try:
-                with self._podman_errors(), readiness.ReadyPipe(self._config_dir(name)) as pipe:
+                pipe = readiness.ReadyPipe(self._config_dir(name), token)
+                with self._podman_errors(), pipe:
                     since = time.time()
                     await self._podman.start_container(name)
                     told_by = await readiness.await_ready(self._podman, name, token, since,
                                                           self._config.start_timeout, pipe,
                                                           on_output)
                     box = _from_inspect(await self._podman.inspect_container(name))
+            except Exception:
+                self._starting.discard(name)
+                with contextlib.suppress(podman.PodmanError):  # not "starting" any more
+                    self._upsert(_from_inspect(await self._podman.inspect_container(name)))
+                raise
             finally:
                 self._starting.discard(name)
             _log.info("box_started", box=name, ready_by=told_by,
@@ -440,18 +446,17 @@ class BoxManager:
         delay = 0.2
         while True:
             try:
-                # The stream opens at its first read, after the resync: replaying from just
-                # before the resync loses nothing in between (events are idempotent here).
-                events = self._podman.events({"type": ["container"]}, since=int(time.time()) - 1)
-                await self.resync()
-                if not self._podman_up:
-                    self._podman_up = True
-                    _log.info("podman_connected", socket=self._config.podman_socket)
-                    if on_podman_change:
-                        on_podman_change(True)
-                delay = 0.2
-                async for event in events:
-                    await self._on_event(event)
+                # Subscribed first, then listed: a change in between waits in the stream.
+                async with self._podman.event_stream({"type": ["container"]}) as events:
+                    await self.resync()
+                    if not self._podman_up:
+                        self._podman_up = True
+                        _log.info("podman_connected", socket=self._config.podman_socket)
+                        if on_podman_change:
+                            on_podman_change(True)
+                    delay = 0.2
+                    async for event in events:
+                        await self._on_event(event)
             except podman.PodmanError as exc:
                 if self._podman_up:
                     self._podman_up = False

@@ -239,15 +239,15 @@ class PodmanClient:
         return str(response.json().get("Id", ""))
 
     # -- events --------------------------------------------------------------------------------
-    async def events(self, filters: Mapping[str, list[str]] | None = None,
-                     since: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Follow podman's event stream (from unix time `since`, else from now); ends (or raises
+    @contextlib.asynccontextmanager
+    async def event_stream(self, filters: Mapping[str, list[str]] | None = None
+                           ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Podman's event stream, subscribed once this is entered (podman has answered): what
+        happens from then on waits in the stream for the iterator. The iterator ends (or raises
         PodmanUnavailable) if podman goes away."""
         params = {"stream": "true", **_filters(filters)}
-        if since is not None:
-            params["since"] = str(since)
-        async for event in self._json_lines("GET", "/events", params, "the event stream"):
-            yield event
+        async with self._stream("GET", "/events", params, "the event stream") as resp:
+            yield _json_objects(resp)
 
     @contextlib.asynccontextmanager
     async def _stream(self, method: str, url: str, params: Mapping[str, Any], what: str
@@ -267,9 +267,8 @@ class PodmanClient:
     async def _json_lines(self, method: str, url: str, params: Mapping[str, Any], what: str
                           ) -> AsyncIterator[dict[str, Any]]:
         async with self._stream(method, url, params, what) as resp:
-            async for line in resp.aiter_lines():
-                if line.strip():
-                    yield json.loads(line)
+            async for item in _json_objects(resp):
+                yield item
 
     async def _stream_frames(self, path: str, params: Mapping[str, Any]
                              ) -> AsyncIterator[tuple[int, bytes]]:
@@ -307,6 +306,12 @@ def split_reference(reference: str) -> tuple[str, str]:
     if colon > slash:
         return reference[:colon], reference[colon + 1:]
     return reference, "latest"
+
+
+async def _json_objects(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    async for line in response.aiter_lines():
+        if line.strip():
+            yield json.loads(line)
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -23,20 +23,25 @@ from boxd import errors, log, podman
 READY_LINE = b"boxd-init: ready"
 ERROR_PREFIX = b"boxd-init: error: "
 PIPE_NAME = "ready"
+CATCH_UP_SECONDS = 2.0
+CATCH_UP_READS = 20
 
 _log = log.get("boxd.readiness")
 
 
 class ReadyPipe:
     """The FIFO `<config dir>/ready`: the box's root may write it (group = the box root's host
-    gid, as for the config dir), boxd reads it."""
+    gid, as for the config dir), boxd reads it while the box starts, looking for one line.
+    What a box writes there is bounded work for boxd: a chunk per wake-up, no buffer beyond a
+    line's length, and no reading at all once the line has come."""
 
-    def __init__(self, config_dir: Path) -> None:
+    def __init__(self, config_dir: Path, token: str) -> None:
         self._path = config_dir / PIPE_NAME
         self._gid = config_dir.stat().st_gid
+        self._wanted = b"\nready " + token.encode() + b"\n"
         self._fd = -1
-        self._buffer = b""
-        self._lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self._seen = b"\n"  # the tail of what was read, enough to find the line across chunks
+        self._signalled = asyncio.Event()
 
     def __enter__(self) -> ReadyPipe:
         try:
@@ -64,28 +69,29 @@ class ReadyPipe:
         os.chmod(self._path, 0o660)  # read-write: the writer's open must not block
         # Read-write here too: with no writer the read end would otherwise see EOF at once.
         fd = os.open(self._path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._fd = fd
-        self._drain()  # whatever an earlier start left unread
+        # Whatever an earlier start left unread (a pipe holds 64 KiB at most; nobody writes to
+        # a stopped box's pipe, but do not bet a loop on it).
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(16):
+                if not os.read(fd, 65536):
+                    break
         return fd
 
-    def _drain(self) -> bytes:
-        data = b""
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self._fd, 4096):
-                data += chunk
-        return data
-
     def _on_readable(self) -> None:
-        self._buffer += self._drain()
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            self._lines.put_nowait(line)
+        try:
+            chunk = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        self._seen = (self._seen + chunk)[-(len(self._wanted) + len(chunk)):]
+        if self._wanted in self._seen:
+            self._signalled.set()
+            asyncio.get_running_loop().remove_reader(self._fd)
+            return
+        self._seen = self._seen[-len(self._wanted):]
 
-    async def wait(self, token: str) -> None:
+    async def wait(self) -> None:
         """Until the entry point writes "ready TOKEN" (lines of earlier starts are passed over)."""
-        wanted = b"ready " + token.encode()
-        while await self._lines.get() != wanted:
-            pass
+        await self._signalled.wait()
 
 
 async def await_ready(client: podman.PodmanClient, name: str, token: str, since: float,
@@ -96,20 +102,19 @@ async def await_ready(client: podman.PodmanClient, name: str, token: str, since:
     all of them, in order."""
     follower = _LogFollower(client, name, token, since, silence_timeout, on_output)
     following = asyncio.ensure_future(follower.follow())
-    signalled = asyncio.ensure_future(pipe.wait(token))
+    signalled = asyncio.ensure_future(pipe.wait())
     try:
         await asyncio.wait({following, signalled}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (following, signalled):
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Not `await task`: our own cancellation must not be mistaken for the task's.
+                await asyncio.wait({task})
     if following.done() and not following.cancelled():
         following.result()  # ready, or raises why not
         return "log"
     if on_output is not None:
-        # The log follow lags: read the log once more for the lines it has not passed on yet.
         await follower.catch_up()
     return "pipe"
 
@@ -129,8 +134,9 @@ class _LogFollower:
     async def follow(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._silence_timeout) as silence:
-                async for line in self._lines(follow=True):
+            async with (asyncio.timeout(self._silence_timeout) as silence,
+                        contextlib.aclosing(self._lines(follow=True)) as lines):
+                async for line in lines:
                     silence.reschedule(loop.time() + self._silence_timeout)
                     if self._take(line):
                         return
@@ -145,13 +151,30 @@ class _LogFollower:
             f"box {self._name!r} exited (status {code}) before it was ready{self._last_output()}")
 
     async def catch_up(self) -> None:
+        """After the pipe said ready: pass on the lines the lagging follow has not passed on
+        yet, up to the ready line (conmon may take a moment to write the last ones). The box is
+        ready either way: trouble here costs output, never the start."""
+        try:
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                for _attempt in range(CATCH_UP_READS):
+                    if await self._read_once_more():
+                        return
+                    await asyncio.sleep(0.02)
+        except (TimeoutError, podman.PodmanError) as exc:
+            _log.info("start_output_incomplete", box=self._name, error=str(exc) or "timeout")
+
+    async def _read_once_more(self) -> bool:
+        """Read this start's log from its beginning, passing on what is new; True once the
+        ready line was among it."""
         seen, self._seen = self._seen, 0
-        async for line in self._lines(follow=False):
-            if self._seen < seen:
-                self._seen += 1
-                continue
-            if self._take(line):
-                return
+        async with contextlib.aclosing(self._lines(follow=False)) as lines:
+            async for line in lines:
+                if self._seen < seen:
+                    self._seen += 1
+                    continue
+                if self._take(line):
+                    return True
+        return False
 
     def _take(self, line: bytes) -> bool:
         """Look at the next line of this start's log; True once it says ready."""
@@ -170,9 +193,10 @@ class _LogFollower:
         return False
 
     async def _lines(self, follow: bool) -> AsyncIterator[bytes]:
-        async for _stream, line in self._client.container_logs(self._name, since=self._since,
-                                                               follow=follow):
-            yield line
+        logs = self._client.container_logs(self._name, since=self._since, follow=follow)
+        async with contextlib.aclosing(logs):
+            async for _stream, line in logs:
+                yield line
 
     def _last_output(self) -> str:
         return f"; its last output: {' | '.join(self._last)}" if self._last else ""

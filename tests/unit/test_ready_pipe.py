@@ -39,14 +39,34 @@ def shell(request):
 
 
 async def test_the_entry_points_line_reaches_boxd(tmp_path, shell):
-    with ReadyPipe(tmp_path) as pipe:
-        waiting = asyncio.ensure_future(pipe.wait("t2"))
+    with ReadyPipe(tmp_path, "t2") as pipe:
+        waiting = asyncio.ensure_future(pipe.wait())
         # A line of an earlier start (another token) is passed over.
         for token in ("t1", "t2"):
             result = await asyncio.to_thread(write_ready, shell, tmp_path / PIPE_NAME, token)
             assert (result.returncode, result.stdout) == (0, "after\n"), result.stderr
+            await asyncio.sleep(0.05)
+            assert waiting.done() == (token == "t2")
         await asyncio.wait_for(waiting, 5)
     assert (tmp_path / PIPE_NAME).stat().st_mode & 0o777 == 0o660
+
+
+async def test_a_flooded_pipe_costs_boxd_bounded_work(tmp_path):
+    """What a box writes there is the box's business: boxd stays responsive, keeps no more than
+    a line, and still finds its line in the flood."""
+    with ReadyPipe(tmp_path, "tok") as pipe:
+        waiting = asyncio.ensure_future(pipe.wait())
+        writer = await asyncio.create_subprocess_exec(
+            "dash", "-c", f"yes junk | head -c 3000000 1<>{tmp_path / PIPE_NAME}; "
+                          f"printf 'ready tok\\n' 1<>{tmp_path / PIPE_NAME}")
+        ticks = 0
+        while not waiting.done():
+            await asyncio.sleep(0.001)  # the loop goes on serving others
+            ticks += 1
+            assert ticks < 20000
+        assert ticks > 1
+        assert len(pipe._seen) <= len(b"\nready tok\n") + 4096
+        assert await asyncio.wait_for(writer.wait(), 5) == 0
 
 
 def test_nobody_listening_does_not_hold_the_box_up(tmp_path, shell):
@@ -64,21 +84,21 @@ def test_an_unwritable_pipe_does_not_end_the_entry_point(tmp_path, shell):
 
 
 async def test_stale_lines_from_before_are_dropped(tmp_path):
-    with ReadyPipe(tmp_path) as pipe:
+    with ReadyPipe(tmp_path, "old"):
         pass
     # Someone writes while nobody listens, keeping it open: the next start must not see it.
 
     fd = os.open(tmp_path / PIPE_NAME, os.O_RDWR | os.O_NONBLOCK)
     os.write(fd, b"ready old\n")
-    with ReadyPipe(tmp_path) as pipe:
+    with ReadyPipe(tmp_path, "old") as pipe:
         os.close(fd)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(pipe.wait("old"), 0.2)
+            await asyncio.wait_for(pipe.wait(), 0.2)
 
 
 async def test_a_path_that_is_no_fifo_is_not_fatal(tmp_path):
     (tmp_path / PIPE_NAME).write_text("not a pipe")
-    with ReadyPipe(tmp_path) as pipe:
+    with ReadyPipe(tmp_path, "x") as pipe:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(pipe.wait("x"), 0.1)
+            await asyncio.wait_for(pipe.wait(), 0.1)
     assert (tmp_path / PIPE_NAME).read_text() == "not a pipe"
