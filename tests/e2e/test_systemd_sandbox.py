@@ -1,0 +1,72 @@
+"""The shipped unit's syscall filter against the syscalls the real daemon makes.
+
+These machines have no systemd as PID 1, so boxd.service never runs here; but its sandbox can be
+checked in part. The filter is computed the way systemd computes it (lines in order: the first
+decides allow-list, later ones add or take away; groups expanded by systemd-analyze itself), and
+strace watches the test bed's daemon through a box's whole life. A syscall outside the filter
+would kill the daemon under systemd (SIGSYS)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+import bed
+from conftest import boxctl_argv
+
+pytestmark = pytest.mark.e2e
+UNIT = bed.REPO / "systemd" / "boxd.service"
+
+
+@functools.cache
+def expand(name: str) -> frozenset[str]:
+    """A syscall or @group, as the set of syscalls systemd means by it."""
+    if not name.startswith("@"):
+        return frozenset({name})
+    listing = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True,
+                             text=True, check=True).stdout.splitlines()[1:]
+    members = [m for m in (line.strip() for line in listing) if m and not m.startswith("#")]
+    return frozenset().union(*(expand(m) for m in members))
+
+
+def allowed_by_unit() -> frozenset[str]:
+    allowed: set[str] = set()
+    lines = re.findall(r"^SystemCallFilter=(.*)$", UNIT.read_text(), re.M)
+    assert lines and not lines[0].startswith("~"), "expected an allow-list first"
+    for line in lines:
+        deny = line.startswith("~")
+        names = set().union(*(expand(n) for n in line.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return frozenset(allowed)
+
+
+def test_the_units_syscall_filter_allows_what_the_daemon_does(boxd_bed, alice):
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    summary = boxd_bed.daemon.log_path.parent / "strace-daemon.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-c", "-o", str(summary),
+                               "-p", str(boxd_bed.daemon.proc.pid)])
+    user, box = alice["name"], "alice-sandbox"
+    try:
+        time.sleep(1)  # attached to every thread
+        assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", [box, "", {}], user=user)
+        for _ in range(2):  # a cold start and session, then warm ones
+            run = subprocess.run(boxctl_argv(boxd_bed, user, "run", "-q", box, "--", "true"),
+                                 capture_output=True, timeout=120, cwd="/")
+            assert run.returncode == 0, run.stderr
+        assert boxd_bed.box(box, "Stop", user=user) == {"body": []}
+        assert boxd_bed.box(box, "Remove", "b", [False], user=user) == {"body": []}
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+        boxd_bed.box(box, "Remove", "b", [True], user=user)
+    used = {line.split()[-1] for line in summary.read_text().splitlines()
+            if re.match(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+\d+", line)} - {"total"}
+    assert {"fchownat", "mknodat"} & used or {"chown", "mknod"} & used, used  # it saw the work
+    assert used - allowed_by_unit() == set()
