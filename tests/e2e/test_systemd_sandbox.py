@@ -46,17 +46,26 @@ def allowed_by_unit() -> frozenset[str]:
     return frozenset(allowed)
 
 
-def test_the_units_syscall_filter_allows_what_the_daemon_does(boxd_bed, alice):
+def unit_setting(key: str) -> str:
+    found = re.findall(rf"^{key}=(.*)$", UNIT.read_text(), re.M)
+    assert len(found) == 1, key
+    return found[0]
+
+
+def test_the_units_sandbox_allows_what_the_daemon_does(boxd_bed, alice):
+    """Syscalls (SystemCallFilter=), socket families (RestrictAddressFamilies=) and no memory
+    both writable and executable (MemoryDenyWriteExecute=), over a box's life: create, a cold
+    start through the readiness FIFO, cold and warm sessions, stop, remove."""
     if not shutil.which("strace"):
         pytest.skip("strace is not installed")
-    summary = boxd_bed.daemon.log_path.parent / "strace-daemon.txt"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-c", "-o", str(summary),
+    trace = boxd_bed.daemon.log_path.parent / "strace-daemon.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-o", str(trace),
                                "-p", str(boxd_bed.daemon.proc.pid)])
     user, box = alice["name"], "alice-sandbox"
     try:
         time.sleep(1)  # attached to every thread
         assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", [box, "", {}], user=user)
-        for _ in range(2):  # a cold start and session, then warm ones
+        for _ in range(3):  # a cold start and session, then warm ones
             run = subprocess.run(boxctl_argv(boxd_bed, user, "run", "-q", box, "--", "true"),
                                  capture_output=True, timeout=120, cwd="/")
             assert run.returncode == 0, run.stderr
@@ -66,7 +75,15 @@ def test_the_units_syscall_filter_allows_what_the_daemon_does(boxd_bed, alice):
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
         boxd_bed.box(box, "Remove", "b", [True], user=user)
-    used = {line.split()[-1] for line in summary.read_text().splitlines()
-            if re.match(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+\d+", line)} - {"total"}
-    assert {"fchownat", "mknodat"} & used or {"chown", "mknod"} & used, used  # it saw the work
+    lines = trace.read_text().splitlines()
+    calls = [m.group(1) for m in (re.match(r"^\d+\s+(?:<\.\.\. )?(\w+)[( ]", line)
+                                  for line in lines) if m]
+    used = set(calls)
+    assert {"chown", "mknodat"} <= used, used  # it saw the work: box config, readiness FIFO
     assert used - allowed_by_unit() == set()
+    families = set(re.findall(r"\bsocket(?:pair)?\((AF_\w+)", "\n".join(lines)))
+    assert families and families <= set(unit_setting("RestrictAddressFamilies").split())
+    assert unit_setting("MemoryDenyWriteExecute") == "yes"
+    assert not [line for line in lines
+                if re.search(r"\b(mmap|mprotect)\(.*PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE",
+                             line)]
