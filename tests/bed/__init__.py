@@ -233,6 +233,19 @@ class Polkit:
             self.proc = None
 
 
+def unit_privileges() -> list[str]:
+    """setpriv with boxd.service's CapabilityBoundingSet= and NoNewPrivileges=: root with only
+    those capabilities, as systemd would start the daemon (BOXD_TEST_UNIT_CAPS=1 runs the
+    suite's daemon so; building the default image needs more, as under the unit)."""
+    import re
+
+    unit = (REPO / "systemd" / "boxd.service").read_text()
+    caps = re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.M)
+    assert caps and re.search(r"^NoNewPrivileges=yes$", unit, re.M)
+    wanted = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps.group(1).split())
+    return ["setpriv", f"--bounding-set=-all,{wanted}", "--no-new-privs", "--"]
+
+
 @dataclass
 class Daemon:
     root: Path
@@ -259,8 +272,10 @@ class Daemon:
                   **self.extra_config}
         self.config_path.write_text(yaml.safe_dump(config))
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "boxd.daemon", "--config",
-                                      str(self.config_path)], stdout=log, stderr=log,
+        argv = [sys.executable, "-m", "boxd.daemon", "--config", str(self.config_path)]
+        if os.environ.get("BOXD_TEST_UNIT_CAPS") == "1":
+            argv = unit_privileges() + argv
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log,
                                      start_new_session=True, cwd="/")  # the installed boxd
         wait_for(self._owns_name, 20, "boxd to own io.github.boxd1")
 
