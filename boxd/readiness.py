@@ -166,13 +166,11 @@ class _LogFollower:
     async def _read_once_more(self) -> bool:
         """Read this start's log from its beginning, passing on what is new; True once the
         ready line was among it."""
-        seen, self._seen = self._seen, 0
+        already, position = self._seen, 0
         async with contextlib.aclosing(self._lines(follow=False)) as lines:
             async for line in lines:
-                if self._seen < seen:
-                    self._seen += 1
-                    continue
-                if self._take(line):
+                position += 1
+                if position > already and self._take(line):
                     return True
         return False
 
