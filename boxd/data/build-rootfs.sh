@@ -11,13 +11,18 @@ trap 'rm -rf "$work"' EXIT
 case "$kind" in
 debian)
     mirror=${BOXD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-    # debootstrap's "I: ..." lines go to stdout as progress; the rest stays in the log.
-    debootstrap --variant=minbase \
-        --include=sudo,libcap2-bin,procps,passwd,tzdata,bash,util-linux \
-        bookworm "$work/root" "$mirror" >"$work/log" 2>&1 &
-    pid=$!
-    tail -n +1 -f "$work/log" --pid=$pid 2>/dev/null | grep --line-buffered '^I: ' || true
-    wait $pid || { tail -20 "$work/log" >&2; exit 1; }
+    # debootstrap's "I: ..." lines go to stdout as progress; everything goes to the log.
+    # One pipeline, no background job to follow: its status travels through a file
+    # because POSIX sh has no pipefail.
+    { if debootstrap --variant=minbase \
+            --include=sudo,libcap2-bin,procps,passwd,tzdata,bash,util-linux \
+            bookworm "$work/root" "$mirror" 2>&1; then
+          echo 0 >"$work/status"
+      else
+          echo $? >"$work/status"
+      fi
+    } | tee "$work/log" | { grep --line-buffered '^I: ' || true; }
+    [ "$(cat "$work/status" 2>/dev/null)" = 0 ] || { tail -20 "$work/log" >&2; exit 1; }
     rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
     ;;
 busybox)
