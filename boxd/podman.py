@@ -197,6 +197,23 @@ class PodmanClient:
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/exec/{exec_id}/json")).json()
 
+    async def wait_exec_ended(self, exec_id: str, timeout: float = 15.0) -> dict[str, Any] | None:
+        """The exec's inspect once podman has booked its end, or None after `timeout`.
+
+        An exec's stream ends as its process exits, and podman books the exit code a moment
+        later (longer on a loaded machine): poll quickly first, then back off."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.01
+        while True:
+            info = await self.exec_inspect(exec_id)
+            if not info.get("Running"):
+                return info
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
     # -- images --------------------------------------------------------------------------------
     async def list_images(self) -> list[dict[str, Any]]:
         return (await self._request("GET", "/images/json")).json() or []

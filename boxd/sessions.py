@@ -283,13 +283,11 @@ class SessionManager:
 
 
 async def exit_status(client: podman.PodmanClient, exec_id: str) -> int:
-    # The stream ends as the process exits; podman records the code a moment later.
-    for _ in range(50):
-        info = await client.exec_inspect(exec_id)
-        if not info.get("Running"):
-            return int(info.get("ExitCode", UNKNOWN_STATUS))
-        await asyncio.sleep(0.02)
-    return UNKNOWN_STATUS
+    info = await client.wait_exec_ended(exec_id)
+    if info is None:
+        _log.warning("exit_status_unknown", exec_id=exec_id)
+        return UNKNOWN_STATUS
+    return int(info.get("ExitCode", UNKNOWN_STATUS))
 
 
 async def _write(target: FdStream | None, data: bytes | memoryview) -> None:

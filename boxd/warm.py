@@ -147,7 +147,7 @@ class WarmPool:
             _log.debug("warm_dropped", box=box, tty=key.tty, ready=len(self._kinds[key].entries))
             self._drop(key)
 
-    async def release_box(self, box: str, timeout: float = 2.0) -> None:
+    async def release_box(self, box: str, timeout: float = 15.0) -> None:
         """Close a box's warm execs and wait until they are gone: podman refuses to stop a
         container ("has active exec sessions") until their ends are booked."""
         entries = [e for k, kind in self._kinds.items() if k.box == box for e in kind.entries]
@@ -158,12 +158,8 @@ class WarmPool:
                     with contextlib.suppress(OSError):
                         while await entry.stream.reader.read(65536):
                             pass
-                    # The stream ends as the launcher exits; podman books it a moment later.
                     with contextlib.suppress(podman.PodmanError):
-                        for _ in range(100):
-                            if not (await self._podman.exec_inspect(entry.exec_id)).get("Running"):
-                                break
-                            await asyncio.sleep(0.02)
+                        await self._podman.wait_exec_ended(entry.exec_id, timeout)
 
     def close(self) -> None:
         for key in list(self._kinds):
