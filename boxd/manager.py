@@ -507,7 +507,9 @@ class BoxManager:
 
     # -- cache ---------------------------------------------------------------------------------
     def _upsert(self, box: BoxInfo) -> None:
-        if box.name in self._starting and box.state == "running":
+        if box.name in self._starting:
+            # Until start() says otherwise: an event's inspect may be from before the start
+            # ("created", "exited") or from before the entry point said ready ("running").
             box = replace(box, state="starting")
         old = self._boxes.get(box.name)
         self._boxes[box.name] = box

@@ -118,3 +118,22 @@ async def test_a_box_created_during_a_resync_is_kept(setup):
     containers.finish_listing.set()
     await resync
     assert [b.name for b in manager.boxes()] == ["fresh", "old"]
+
+
+async def test_events_during_a_start_leave_the_box_starting(setup):
+    """start() says when a box is up (its entry point is ready); a late event's inspect from
+    before the start, or from before ready, must not publish another state meanwhile."""
+    containers, manager = setup
+    containers.add("dev", "the-id", status="created")
+    await manager.resync()
+    manager._starting.add("dev")  # what start() does before it asks podman to start the box
+    manager._set_state("dev", "starting")
+    seen = []
+    manager.observer.box_changed = lambda box, changed: seen.append(box.state)
+    await manager._on_event(event("init", "dev", "the-id"))  # inspected while still "created"
+    containers.by_id["the-id"]["State"]["Status"] = "running"
+    await manager._on_event(event("start", "dev", "the-id"))
+    assert manager.get("dev").state == "starting" and "stopped" not in seen
+    manager._starting.discard("dev")
+    await manager._on_event(event("start", "dev", "the-id"))
+    assert manager.get("dev").state == "running"
