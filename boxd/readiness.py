@@ -113,7 +113,9 @@ async def await_ready(client: podman.PodmanClient, name: str, token: str, since:
                 await asyncio.wait({task})
     if following.done() and not following.cancelled():
         following.result()  # ready, or raises why not
-        return "log"
+        # It passed on every line up to ready; a tie (both within one turn of the loop) is
+        # still the pipe's, which did tell.
+        return "pipe" if signalled.done() and not signalled.cancelled() else "log"
     if on_output is not None:
         await follower.catch_up()
     return "pipe"
