@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,41 @@ from boxd.paths import box_path
 
 RUN_ROOT = Path(os.environ.get("BOXD_TEST_ROOT", "/var/tmp/boxd-test"))
 RUN_DIR = Path("/run/boxd-test")
+
+
+class Listener:
+    """A running tests/bed/listen.py: signals seen so far, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.seen: list[dict[str, object]] = []
+
+    def _next(self) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "the listener ended early"
+        return json.loads(line)
+
+    def until(self, member: str, first: str, timeout: float = 120) -> list[dict[str, object]]:
+        """Read signals until `member` arrives with `first` as its first argument (after
+        `timeout` the listener is killed and this fails)."""
+        timer = threading.Timer(timeout, self.proc.kill)
+        timer.start()
+        try:
+            while (signal := self._next())["member"] != member or signal["first"] != first:
+                self.seen.append(signal)
+            self.seen.append(signal)
+        finally:
+            timer.cancel()
+        return self.seen
+
+    def finish(self, timeout: float = 30) -> list[dict[str, object]]:
+        """Everything boxd sent this listener up to now, then end it."""
+        out, _ = self.proc.communicate(timeout=timeout)  # closes its stdin: time to finish
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert lines and lines[-1] == {"done": True}, lines
+        self.seen.extend(lines[:-1])
+        return self.seen
 
 
 class Boxd:
@@ -64,15 +100,15 @@ class Boxd:
         return self.call(box_path(name), "io.github.boxd1.Box", member,
                          signature, args, user, repeat)
 
-    def listen(self, user: str, seconds: float) -> subprocess.Popen[bytes]:
-        """A process of `user` that collects boxd's signals for `seconds` (tests/bed/listen.py);
-        returns once it is listening."""
+    def listen(self, user: str) -> Listener:
+        """A process of `user` that collects boxd's signals (tests/bed/listen.py); returns once
+        it is listening."""
         script = (bed.REPO / "tests" / "bed" / "listen.py").read_text()
         proc = subprocess.Popen(["runuser", "-u", user, "--", sys.executable, "-c", script,
-                                 self.address, str(seconds)], stdout=subprocess.PIPE)
+                                 self.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         assert b'"ready"' in proc.stdout.readline()
-        return proc
+        return Listener(proc)
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.daemon.proc.pid}/status") as status:

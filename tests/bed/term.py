@@ -57,16 +57,39 @@ class Terminal:
         self.output = tail
         return head + marker
 
+    def ask_until(self, line: str, marker: bytes | str, tries: int = 40) -> bytes:
+        """Type `line` until `marker` shows up: for state that changes behind the program's
+        back (a resize travels SIGWINCH -> bus -> daemon -> podman, unordered with typing)."""
+        for _ in range(tries - 1):
+            self.send(line)
+            try:
+                return self.read_until(marker, 0.5)
+            except TimeoutError:
+                pass
+        self.send(line)
+        return self.read_until(marker)
+
     def wait(self, timeout: float = 20) -> int:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([self.master], [], [], 0.05)
-            if ready:
-                try:
-                    self.output += os.read(self.master, 65536)
-                except OSError:
-                    pass
-        return self.proc.wait(max(0.1, deadline - time.monotonic()))
+            self._read_ready(0.05)
+        status = self.proc.wait(max(0.1, deadline - time.monotonic()))
+        # What was written before the program ended is in the terminal's buffer; take it all
+        # (others, like the daemon, may still hold the terminal, so no end-of-file to wait for).
+        while self._read_ready(0.05):
+            pass
+        return status
+
+    def _read_ready(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:
+            return False
+        self.output += chunk
+        return bool(chunk)
 
     def attrs(self) -> list:
         return termios.tcgetattr(self.master)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+import bed
 from conftest import boxctl_argv
 
 pytestmark = pytest.mark.e2e
@@ -41,11 +41,9 @@ def desktop(boxd_bed, alice):
          f"HOME={alice['home']}", "pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n",
          "--load=module-native-protocol-unix", "--load=module-null-sink"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (
-            bus.exists() and Path("/tmp/.X11-unix/X77").exists()
-            and (runtime / "pulse" / "native").exists()):
-        time.sleep(0.05)
+    bed.wait_for(lambda: bus.exists() and Path("/tmp/.X11-unix/X77").exists()
+                 and (runtime / "pulse" / "native").exists(), 60,
+                 "the session bus, Xvfb :77 and pulseaudio")
     user = alice["name"]
     home = Path(alice["home"])
     (home / "desk.yaml").write_text(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from boxd.paths import box_path
 from conftest import boxctl_argv
 
 pytestmark = pytest.mark.e2e
@@ -145,14 +146,15 @@ def test_a_symlink_in_the_home_cannot_smuggle_a_volume(boxd_bed, alice):
 
 
 def test_box_signals_reach_the_owner_only(boxd_bed, alice, bob):
-    bobs = boxd_bed.listen(bob["name"], 6)
-    alices = boxd_bed.listen(alice["name"], 6)
+    bobs = boxd_bed.listen(bob["name"])
+    alices = boxd_bed.listen(alice["name"])
     user = alice["name"]
     assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", ["alice-priv", "", {}],
                                            user=user)
     boxd_bed.box("alice-priv", "Remove", "b", [True], user=user)
-    seen_by_bob = [json.loads(line) for line in bobs.communicate(timeout=30)[0].splitlines()]
-    seen_by_alice = [json.loads(line) for line in alices.communicate(timeout=30)[0].splitlines()]
+    seen_by_alice = alices.until("InterfacesRemoved", box_path("alice-priv"))
+    seen_by_bob = bobs.finish()  # all boxd sent bob until after alice saw the last signal
+    alices.finish()
     assert [s for s in seen_by_bob if "alice" in json.dumps(s)] == []
     members = [s["member"] for s in seen_by_alice]
     assert "InterfacesAdded" in members and "InterfacesRemoved" in members

@@ -77,9 +77,7 @@ def test_tty_session_types_resizes_and_exits_with_status(term, alice):
     t.send("stty size\r")
     t.read_until("30 100")
     t.resize(41, 132)
-    time.sleep(0.3)  # SIGWINCH -> Resize travels over the bus
-    t.send("stty size\r")
-    t.read_until("41 132")
+    t.ask_until("stty size\r", "41 132")
     t.send("id -un\r")
     t.read_until(alice["name"])
     t.send("exit 3\r")
@@ -89,8 +87,9 @@ def test_tty_session_types_resizes_and_exits_with_status(term, alice):
 def test_ctrl_c_interrupts_and_ctrl_p_reaches_the_shell(term):
     t = term("enter", "alice-sess")
     t.read_until("$ ")
-    t.send("sleep 100\r")
-    time.sleep(0.5)
+    t.send("echo sl''eeping; sleep 100\r")
+    t.read_until("sleeping\r\n")
+    time.sleep(0.3)  # into sleep, most likely; if not, ctrl-c ends the line all the same: 130
     t.send(b"\x03")
     t.read_until("$ ")
     t.send("echo status-$?\r")
@@ -105,8 +104,10 @@ def test_ctrl_c_interrupts_and_ctrl_p_reaches_the_shell(term):
 
 
 def test_exit_status_of_a_signal_and_terminal_restored(term):
-    t = term("run", "-c", "alice-sess", "sleep", "100")
-    time.sleep(1)
+    t = term("run", "-c", "alice-sess", "sh", "-c", "echo go''ne; exec sleep 100")
+    # Not before the box's command runs: until then the terminal may be raw (boxctl's, or a
+    # warm launcher's while it reads its request), and ctrl-c would be a plain byte.
+    t.read_until("gone")
     t.send(b"\x03")
     assert t.wait() == 130
     # boxctl put the terminal back as it found it (canonical mode, echo on).

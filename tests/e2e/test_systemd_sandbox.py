@@ -13,7 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +52,19 @@ def unit_setting(key: str) -> str:
     return found[0]
 
 
+def traced_threads(pid: int) -> bool:
+    """Whether every thread of `pid` has a tracer."""
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            tracer = next(line for line in status.read_text().splitlines()
+                          if line.startswith("TracerPid:"))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+        if tracer.split()[1] == "0":
+            return False
+    return True
+
+
 def test_the_units_sandbox_allows_what_the_daemon_does(boxd_bed, alice):
     """Syscalls (SystemCallFilter=), socket families (RestrictAddressFamilies=) and no memory
     both writable and executable (MemoryDenyWriteExecute=), over a box's life: create, a cold
@@ -63,7 +76,8 @@ def test_the_units_sandbox_allows_what_the_daemon_does(boxd_bed, alice):
                                "-p", str(boxd_bed.daemon.proc.pid)])
     user, box = alice["name"], "alice-sandbox"
     try:
-        time.sleep(1)  # attached to every thread
+        bed.wait_for(lambda: traced_threads(boxd_bed.daemon.proc.pid), 30,
+                     "strace to attach to every thread of the daemon")
         assert "error" not in boxd_bed.manager("CreateBox", "ssa{sv}", [box, "", {}], user=user)
         for _ in range(3):  # a cold start and session, then warm ones
             run = subprocess.run(boxctl_argv(boxd_bed, user, "run", "-q", box, "--", "true"),
