@@ -408,7 +408,7 @@ class Bench:
         for reason in sorted(set(why))[:3]:
             self.footprint.append(("a failure", reason))
 
-    def keystroke(self, samples: int = 40) -> None:
+    def keystroke(self, samples: int = 200) -> None:
         """Echo round trip of one key through `cat` on a terminal."""
         boxctl = str(Path(sys.executable).with_name("boxctl"))
         # "ready" comes only from the box: once it shows, the client has its terminal in raw
