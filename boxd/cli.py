@@ -13,7 +13,25 @@ if TYPE_CHECKING:
 
 from boxd import __version__
 
-DEFAULT_BOX = "box"
+# Box names are one namespace on the machine (podman's), so each user's default box has a
+# name of its own: USER-box, as Toolbx's default is per user (its podman is the user's own).
+DEFAULT_BOX = "USER-box"
+
+
+def default_box() -> str:
+    """The box commands use when none is named: the caller's user name followed by -box, with
+    whatever a box name cannot hold made a dash."""
+    import pwd
+    import re
+
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = f"u{os.getuid()}"
+    user = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:59]
+    if not user[:1].isalnum():
+        user = "u" + user[:58]
+    return f"{user}-box"
 
 # Hints for the errors people hit most, keyed by the error's short name.
 HINTS = {
@@ -46,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, title="commands")
 
     create = sub.add_parser("create", help="create a box")
-    create.add_argument("name", nargs="?", default=DEFAULT_BOX, metavar="NAME",
+    create.add_argument("name", nargs="?", default=None, metavar="NAME",
                         help=f"the box's name (default: {DEFAULT_BOX})")
     create.add_argument("--image", "-i", default="",
                         help="the image to create it from (default: boxd's default_image)")
@@ -72,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     entry = sub.add_parser("generate-entry",
                            help="a desktop launcher that opens a terminal in the box")
-    entry.add_argument("name", nargs="?", default=DEFAULT_BOX, metavar="NAME")
+    entry.add_argument("name", nargs="?", default=None, metavar="NAME",
+                       help=f"the box (default: {DEFAULT_BOX})")
 
     terminal = sub.add_parser("terminal", help="open your terminal emulator in a box")
-    terminal.add_argument("name", nargs="?", default=DEFAULT_BOX, metavar="NAME")
+    terminal.add_argument("name", nargs="?", default=None, metavar="NAME",
+                          help=f"the box (default: {DEFAULT_BOX})")
 
     apply = sub.add_parser("apply", help="make your boxes what a manifest (boxes.yaml) says")
     apply.add_argument("file", metavar="FILE", help="the manifest (see docs/manifest.md)")
@@ -105,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     quiet_start = "do not show what the box prints while it starts (first-start packages)"
     start = sub.add_parser("start", help="start boxes")
-    start.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME",
+    start.add_argument("names", nargs="*", default=[], metavar="NAME",
                        help=f"boxes to start (default: {DEFAULT_BOX})")
     stop = sub.add_parser("stop", help="stop boxes")
-    stop.add_argument("names", nargs="*", default=[DEFAULT_BOX], metavar="NAME",
+    stop.add_argument("names", nargs="*", default=[], metavar="NAME",
                       help=f"boxes to stop (default: {DEFAULT_BOX})")
     start.add_argument("-q", "--quiet", action="store_true", help=quiet_start)
 
@@ -305,7 +325,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         elif args.verb in ("enter", "run"):
             from boxd.attach import run_in_box
 
-            name = args.box or getattr(args, "name", None) or DEFAULT_BOX
+            name = args.box or getattr(args, "name", None) or default_box()
             return run_in_box(client, name, getattr(args, "command", []),
                               allow_tty=not getattr(args, "no_tty", False), quiet=args.quiet)
         elif args.verb in ("rm", "remove"):
@@ -398,12 +418,21 @@ def parse(argv: list[str]) -> argparse.Namespace | SimpleNamespace:
     return plain_session(argv) or parse_with_argparse(argv)
 
 
+def _with_default_box(args: argparse.Namespace) -> argparse.Namespace:
+    """Name the default box where a command that can go without one got none."""
+    if args.verb in ("create", "generate-entry", "terminal") and args.name is None:
+        args.name = default_box()
+    elif args.verb in ("start", "stop") and not args.names:
+        args.names = [default_box()]
+    return args
+
+
 def parse_with_argparse(argv: list[str]) -> argparse.Namespace:
     """argparse, plus run's command: everything after `--`, or after the options (Toolbx style)."""
     parser = build_parser()
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     if argv[at:at + 1] != ["run"]:  # the verb is the first word; `enter run` enters box run
-        return parser.parse_args(argv)
+        return _with_default_box(parser.parse_args(argv))
     head, rest = argv[:at + 1], argv[at + 1:]
     if "--" in rest:
         split = rest.index("--")

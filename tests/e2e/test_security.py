@@ -184,3 +184,25 @@ def test_polkit_down_means_denied_with_a_clear_error(boxd_bed, alice):
         boxd_bed.polkit.start()
     reply = boxd_bed.manager("ListBoxes", user=alice["name"])
     assert "error" not in reply
+
+
+def test_each_user_gets_a_default_box_of_their_own(boxd_bed, alice, bob):
+    """Box names are one namespace on the machine: `boxctl create` and `boxctl run` with no name
+    work for two users at once, each in a box of their own."""
+    def boxctl(user, *args):
+        return subprocess.run(boxctl_argv(boxd_bed, user, *args), capture_output=True,
+                              timeout=180, cwd="/")
+
+    try:
+        for user in (alice["name"], bob["name"]):
+            created = boxctl(user, "create")
+            assert created.returncode == 0, created.stderr
+            assert f"Created box {user}-box".encode() in created.stdout
+        for user, other in ((alice["name"], bob["name"]), (bob["name"], alice["name"])):
+            ran = boxctl(user, "run", "-q", "id", "-un")
+            assert (ran.returncode, ran.stdout) == (0, f"{user}\n".encode()), ran.stderr
+            listed = boxctl(user, "list", "-q").stdout.decode().split()
+            assert f"{user}-box" in listed and f"{other}-box" not in listed, listed
+    finally:
+        for user in (alice["name"], bob["name"]):
+            boxctl(user, "rm", "-f", f"{user}-box")

@@ -62,3 +62,30 @@ def test_whatever_the_fast_path_reads_argparse_reads_the_same(argv):
         full = argparse_reads(argv)
         assert full is not None, f"argparse rejects {argv} that the fast path took"
         assert same(plain, full), (vars(plain), vars(full))
+
+
+@pytest.mark.parametrize("user, expected", [
+    ("alice", "alice-box"), ("john.doe", "john.doe-box"), ("DOMAIN\\jo", "DOMAIN-jo-box"),
+    ("_svc", "u_svc-box"), ("$x", "u-x-box"), ("é", "u--box"), ("a" * 80, "a" * 59 + "-box"),
+])
+def test_each_user_has_a_default_box_of_their_own(monkeypatch, user, expected):
+    import pwd
+    from types import SimpleNamespace
+
+    from boxd import cli
+    from boxd.model import validate_name
+
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: SimpleNamespace(pw_name=user))
+    assert cli.default_box() == expected
+    assert validate_name(expected) == expected
+
+
+def test_commands_without_a_name_use_the_default_box():
+    from boxd.cli import default_box
+
+    assert argparse_reads(["create"]).name == default_box()
+    assert argparse_reads(["create", "dev"]).name == "dev"
+    assert argparse_reads(["start"]).names == [default_box()]
+    assert argparse_reads(["stop", "a", "b"]).names == ["a", "b"]
+    assert argparse_reads(["terminal"]).name == default_box()
+    assert argparse_reads(["rm"]) is None  # removing never guesses
