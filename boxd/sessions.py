@@ -29,7 +29,7 @@ _log = log.get("boxd.sessions")
 
 # Runs first in the box: enter the caller's directory (or $HOME, saying so), give a terminal
 # the caller's size, then exec the command, or the user's login shell from the box's passwd.
-# Arguments: DIR "rows R cols C"|"" --login-shell|-- ARGV...
+# Arguments: DIR "ROWS COLS"|"" --login-shell|-- ARGV...  (split without IFS: the caller sets env)
 # (podman 4.3 applies an exec's starting size only after the process has started, so a command
 # that asks at once could see 0x0 or 24x80; setting it here first closes that race.)
 TRAMPOLINE = r"""
@@ -38,7 +38,7 @@ cd "$1" 2>/dev/null || {
     cd "${HOME:-/}" 2>/dev/null || cd /
 }
 shift
-[ -z "$1" ] || ! [ -t 1 ] || stty $1 <&1 2>/dev/null || :
+[ -z "$1" ] || ! [ -t 1 ] || stty rows "${1%% *}" cols "${1##* }" <&1 2>/dev/null || :
 shift
 if [ "$1" = --login-shell ]; then
     shell=$(awk -F: -v u="$(id -u)" '$3 == u { print $7; exit }' /etc/passwd 2>/dev/null)
@@ -156,7 +156,7 @@ class SessionManager:
             for target, fd in request.fds.items():
                 streams[target] = FdStream(fd, writable=target != 0)
             height, width = _window_size(streams.get(0)) if request.tty else (0, 0)
-            size = f"rows {height} cols {width}" if height and width else ""
+            size = f"{height} {width}" if height and width else ""
             args = [request.cwd, size, "--login-shell" if request.login_shell else "--",
                     *request.argv]
             exec_id, stream, warm_key = await self._start_warm(request, args, streams, height,

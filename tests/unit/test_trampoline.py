@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from boxd.sessions import TRAMPOLINE
+from boxd.warm import LAUNCHER, request_line
 
 SHELLS = [s for s in (["dash"], ["busybox", "sh"]) if shutil.which(s[0])]
 
@@ -21,14 +22,23 @@ def trampoline(shell: list[str], *args: str) -> list[str]:
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
 def test_a_terminal_has_the_callers_size_before_the_command_runs(shell: list[str]) -> None:
-    master, slave = os.openpty()  # a fresh terminal: 0 rows, 0 columns
+    output = on_a_terminal(trampoline(shell, "/", "33 111", "--", "stty", "size"))
+    assert output.strip() == b"33 111"
+
+
+def on_a_terminal(argv: list[str], typed: bytes = b"", after: bytes = b"") -> bytes:
+    """Run `argv` on a fresh terminal (0 rows, 0 columns); once it printed `after`, type `typed`;
+    return all it printed."""
+    master, slave = os.openpty()
     try:
-        proc = subprocess.Popen(trampoline(shell, "/", "rows 33 cols 111", "--", "stty", "size"),
-                                stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                start_new_session=True,
                                 # busybox's stty reports $LINES/$COLUMNS over the terminal's size
                                 env={"PATH": os.environ["PATH"]})
         os.close(slave)
         output = b""
+        if not after:
+            os.write(master, typed)
         while True:
             try:
                 chunk = os.read(master, 4096)
@@ -37,16 +47,29 @@ def test_a_terminal_has_the_callers_size_before_the_command_runs(shell: list[str
             if not chunk:
                 break
             output += chunk
-        assert proc.wait(10) == 0
+            if after and after in output:
+                os.write(master, typed)  # as boxd does: only once the launcher said ready
+                after = b""
+        assert proc.wait(10) == 0, output
     finally:
         os.close(master)
-    assert output.strip() == b"33 111"
+    return output
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_warm_launcher_passes_the_size_on_too(shell: list[str]) -> None:
+    """The warm path: the launcher reads the request line (trampoline arguments included)."""
+    line = request_line({}, ["/", "33 111", "--", "stty", "size"])
+    assert line is not None
+    output = on_a_terminal([*shell, "-c", LAUNCHER + TRAMPOLINE, "boxd-warm", "MARK"], line,
+                           after=b"MARK")
+    assert output.startswith(b"MARK") and output[4:].strip() == b"33 111", output
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
 def test_without_a_terminal_the_size_is_ignored_and_argv_passes_unchanged(shell: list[str],
                                                                           tmp_path) -> None:
-    result = subprocess.run(trampoline(shell, str(tmp_path), "rows 33 cols 111", "--", "sh", "-c",
+    result = subprocess.run(trampoline(shell, str(tmp_path), "33 111", "--", "sh", "-c",
                                        'pwd; printf "%s|" "$@"; exit 7', "x", "a b", "$HOME", ""),
                             capture_output=True, text=True, timeout=10)
     assert result.returncode == 7
