@@ -19,19 +19,21 @@ DEFAULT_BOX = "USER-box"
 
 
 def default_box() -> str:
-    """The box commands use when none is named: the caller's user name followed by -box, with
-    whatever a box name cannot hold made a dash."""
+    """The box commands use when none is named: USER-box. A user name a box name cannot hold
+    as it is gets cleaned and the uid added, so that two users never share a default."""
     import pwd
     import re
 
+    uid = os.getuid()
     try:
-        user = pwd.getpwuid(os.getuid()).pw_name
+        user = pwd.getpwuid(uid).pw_name
     except KeyError:
-        user = f"u{os.getuid()}"
-    user = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:59]
-    if not user[:1].isalnum():
-        user = "u" + user[:58]
-    return f"{user}-box"
+        user = ""
+    if re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,58}", user):
+        return f"{user}-box"
+    cleaned = re.sub(r"[^a-zA-Z0-9_.-]+", "-", user).strip("-_.")[:40] or "user"
+    return f"{cleaned}-{uid}-box"
+
 
 # Hints for the errors people hit most, keyed by the error's short name.
 HINTS = {
@@ -259,7 +261,9 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
                 print(f"Pulling {args.image} ...", file=sys.stderr)
                 pull(client, args.image)
                 client.manager("CreateBox", "ssa{sv}", body)
-            print(f"Created box {args.name}. Enter it with: boxctl enter {args.name}")
+            named = "" if getattr(args, "implicit_box", None) else f" {args.name}"
+            enter = f"boxctl enter{named}"
+            print(f"Created box {args.name}. Enter it with: {enter}")
         elif args.verb == "export":
             if args.list:
                 for kind, export_name, files in client.box(args.name, "ListExports")[0]:
@@ -325,7 +329,9 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         elif args.verb in ("enter", "run"):
             from boxd.attach import run_in_box
 
-            name = args.box or getattr(args, "name", None) or default_box()
+            name = args.box or getattr(args, "name", None)
+            if not name:
+                name = args.implicit_box = default_box()
             return run_in_box(client, name, getattr(args, "command", []),
                               allow_tty=not getattr(args, "no_tty", False), quiet=args.quiet)
         elif args.verb in ("rm", "remove"):
@@ -421,9 +427,10 @@ def parse(argv: list[str]) -> argparse.Namespace | SimpleNamespace:
 def _with_default_box(args: argparse.Namespace) -> argparse.Namespace:
     """Name the default box where a command that can go without one got none."""
     if args.verb in ("create", "generate-entry", "terminal") and args.name is None:
-        args.name = default_box()
+        args.name = args.implicit_box = default_box()
     elif args.verb in ("start", "stop") and not args.names:
-        args.names = [default_box()]
+        args.implicit_box = default_box()
+        args.names = [args.implicit_box]
     return args
 
 
@@ -466,17 +473,22 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         status = 130
     except Exception as exc:  # one clear line, never a traceback
-        status = _report(exc)
+        status = _report(exc, getattr(args, "implicit_box", None))
     if os.environ.get("BOXCTL_TIMING"):
         print(f"boxctl: {time.monotonic() - started:.3f} s", file=sys.stderr)
     sys.exit(status)
 
 
-def _report(exc: Exception) -> int:
+def _report(exc: Exception, implicit_box: str | None = None) -> int:
+    """Print `exc` as one line with a hint; `implicit_box` is the default box the command used
+    because none was named."""
     from boxd.client import CallError
 
     if isinstance(exc, CallError):
         hint = HINTS.get(exc.short_name)
+        if exc.short_name == "NotFound" and implicit_box:
+            hint = (f"with no box named, boxctl uses your default box, {implicit_box}: create "
+                    "it with 'boxctl create', or name one of 'boxctl list'")
         print(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""),
               file=sys.stderr)
         return 1

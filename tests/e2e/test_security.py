@@ -193,6 +193,13 @@ def test_each_user_gets_a_default_box_of_their_own(boxd_bed, alice, bob):
         return subprocess.run(boxctl_argv(boxd_bed, user, *args), capture_output=True,
                               timeout=180, cwd="/")
 
+    for user in (alice["name"], bob["name"]):
+        boxctl(user, "rm", "-f", f"{user}-box")  # left by an interrupted run
+    missing = boxctl(alice["name"], "enter")
+    assert missing.returncode == 1
+    assert f"your default box, {alice['name']}-box: create it with 'boxctl create'" in \
+        missing.stderr.decode(), missing.stderr
+    assert missing.stderr.decode().count("\n") == 1
     try:
         for user in (alice["name"], bob["name"]):
             created = boxctl(user, "create")
