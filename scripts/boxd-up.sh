@@ -122,11 +122,12 @@ if [ -z "$user" ] || [ "$user" = root ]; then
 fi
 usermod -aG boxd "$user"  # polkit lets members of boxd use their own boxes (see polkit/)
 as_user() { runuser -u "$user" -- "$@"; }
-say "a box for $user"
-as_user boxctl list -q | grep -qx box || as_user boxctl create box
-as_user boxctl start box
+say "a box for $user (their default box, $user-box)"
+# Run from / : boxctl would otherwise try the caller's directory in the box.
+cd /
+as_user boxctl start 2>/dev/null || { as_user boxctl create && as_user boxctl start; }
 as_user boxctl list
 say "inside the box"
-(cd / && as_user boxctl run box -- sh -c \
-    'echo "I am $(id -un) on $(hostname), home $HOME; sudo in the box gives uid $(sudo -n id -u)"; head -1 /run/host/etc/os-release')
-say "boxd is up. As $user:  boxctl enter box   |   boxctl run box -- CMD   |   boxctl list"
+as_user boxctl run -- sh -c \
+    'echo "I am $(id -un) on $(hostname), home $HOME; sudo in the box gives uid $(sudo -n id -u)"; head -1 /run/host/etc/os-release'
+say "boxd is up. As $user:  boxctl enter   |   boxctl run CMD   |   boxctl list"
