@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal as signal_module
 import subprocess
 import sys
 import tempfile
@@ -35,21 +36,29 @@ class Listener:
         return json.loads(line)
 
     def until(self, member: str, first: str, timeout: float = 120) -> list[dict[str, object]]:
-        """Read signals until `member` arrives with `first` as its first argument (after
-        `timeout` the listener is killed and this fails)."""
-        timer = threading.Timer(timeout, self.proc.kill)
+        """Read signals until `member` arrives with `first` as its first argument. After
+        `timeout` the listener is told to finish (killing runuser would leave it running), and
+        this fails."""
+        assert self.proc.stdin is not None
+        timer = threading.Timer(timeout, self.proc.stdin.close)
         timer.start()
         try:
-            while (signal := self._next())["member"] != member or signal["first"] != first:
+            while True:
+                signal = self._next()
+                assert "done" not in signal, f"no {member} for {first} within {timeout} s"
                 self.seen.append(signal)
-            self.seen.append(signal)
+                if signal["member"] == member and signal["first"] == first:
+                    return self.seen
         finally:
             timer.cancel()
-        return self.seen
 
     def finish(self, timeout: float = 30) -> list[dict[str, object]]:
         """Everything boxd sent this listener up to now, then end it."""
-        out, _ = self.proc.communicate(timeout=timeout)  # closes its stdin: time to finish
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)  # closes its stdin: time to finish
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal_module.SIGKILL)
+            raise
         lines = [json.loads(line) for line in out.splitlines()]
         assert lines and lines[-1] == {"done": True}, lines
         self.seen.extend(lines[:-1])
@@ -105,7 +114,8 @@ class Boxd:
         it is listening."""
         script = (bed.REPO / "tests" / "bed" / "listen.py").read_text()
         proc = subprocess.Popen(["runuser", "-u", user, "--", sys.executable, "-c", script,
-                                 self.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                 self.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                start_new_session=True)
         assert proc.stdout is not None
         assert b'"ready"' in proc.stdout.readline()
         return Listener(proc)

@@ -53,8 +53,11 @@ def unit_setting(key: str) -> str:
 
 
 def traced_threads(pid: int) -> bool:
-    """Whether every thread of `pid` has a tracer."""
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+    """Whether every thread of `pid` has a tracer (and it has threads: it is alive)."""
+    statuses = list(Path(f"/proc/{pid}/task").glob("*/status"))
+    if not statuses:
+        return False
+    for status in statuses:
         try:
             tracer = next(line for line in status.read_text().splitlines()
                           if line.startswith("TracerPid:"))
