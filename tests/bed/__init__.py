@@ -233,17 +233,51 @@ class Polkit:
             self.proc = None
 
 
-def unit_privileges() -> list[str]:
-    """setpriv with boxd.service's CapabilityBoundingSet= and NoNewPrivileges=: root with only
-    those capabilities, as systemd would start the daemon (BOXD_TEST_UNIT_CAPS=1 runs the
-    suite's daemon so; building the default image needs more, as under the unit)."""
+# Runs in a mount namespace of its own, then execs the daemon (the pid stays the daemon's):
+# ProtectSystem=strict and ProtectHome=read-only (every mount read-only but the API file systems,
+# the state dir and ReadWritePaths=), ProtectProc=invisible and ProcSubset=pid (a procfs of its
+# own that shows no one else's processes).
+_UNIT_MOUNTS = r"""
+set -eu
+writable=$1; shift
+for path in $writable; do
+    [ -e "$path" ] && mount --bind "$path" "$path"
+done
+findmnt -rno TARGET | sort -r | while read -r target; do
+    case "$target" in
+    /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue ;;
+    esac
+    case " $writable " in *" $target "*) continue ;; esac
+    mount -o remount,bind,ro "$target"
+done
+mount -t proc -o hidepid=invisible,subset=pid proc /proc
+exec "$@"
+"""
+
+
+def unit_sandbox(state_dir: Path) -> list[str]:
+    """What BOXD_TEST_UNIT_SANDBOX=1 starts the suite's daemon under: as much of boxd.service's
+    sandbox as works without systemd. CapabilityBoundingSet= and NoNewPrivileges= (setpriv),
+    and the file system and /proc views above (unshare). Building the default image needs more,
+    as under the unit."""
     import re
 
     unit = (REPO / "systemd" / "boxd.service").read_text()
-    caps = re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.M)
-    assert caps and re.search(r"^NoNewPrivileges=yes$", unit, re.M)
-    wanted = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps.group(1).split())
-    return ["setpriv", f"--bounding-set=-all,{wanted}", "--no-new-privs", "--"]
+
+    def option(key: str) -> str:
+        found = re.findall(rf"^{key}=(.*)$", unit, re.M)
+        assert len(found) == 1, key
+        return found[0]
+
+    assert option("NoNewPrivileges") == "yes" and option("ProtectSystem") == "strict"
+    assert option("ProtectHome") == "read-only" and option("ProtectProc") == "invisible"
+    assert option("ProcSubset") == "pid"
+    wanted = ",".join("+" + c.removeprefix("CAP_").lower()
+                      for c in option("CapabilityBoundingSet").split())
+    writable = " ".join([str(state_dir), *option("ReadWritePaths").split()])
+    return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", _UNIT_MOUNTS,
+            "unit-mounts", writable,
+            "setpriv", f"--bounding-set=-all,{wanted}", "--no-new-privs", "--"]
 
 
 @dataclass
@@ -273,8 +307,10 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump(config))
         log = open(self.log_path, "ab")
         argv = [sys.executable, "-m", "boxd.daemon", "--config", str(self.config_path)]
-        if os.environ.get("BOXD_TEST_UNIT_CAPS") == "1":
-            argv = unit_privileges() + argv
+        if os.environ.get("BOXD_TEST_UNIT_SANDBOX") == "1":
+            state = self.root / "state"
+            state.mkdir(parents=True, exist_ok=True)
+            argv = unit_sandbox(state) + argv
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log,
                                      start_new_session=True, cwd="/")  # the installed boxd
         wait_for(self._owns_name, 20, "boxd to own io.github.boxd1")
