@@ -248,7 +248,7 @@ findmnt -rno TARGET | sort -r | while read -r target; do
     /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue ;;
     esac
     case " $writable " in *" $target "*) continue ;; esac
-    mount -o remount,bind,ro "$target"
+    mount -o remount,bind,ro "$target" || echo "unit-mounts: $target stays writable" >&2
 done
 mount -t proc -o hidepid=invisible,subset=pid proc /proc
 exec "$@"

@@ -9,6 +9,7 @@ would kill the daemon under systemd (SIGSYS)."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import signal
@@ -104,3 +105,27 @@ def test_the_units_sandbox_allows_what_the_daemon_does(boxd_bed, alice):
     assert not [line for line in lines
                 if re.search(r"\b(mmap|mprotect)\(.*PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE",
                              line)]
+
+
+def test_the_emulated_sandbox_is_in_place(boxd_bed):
+    """With BOXD_TEST_UNIT_SANDBOX=1 (scripts/test.sh's second round) the suite's daemon must
+    really be inside it, or that round proves nothing."""
+    if os.environ.get("BOXD_TEST_UNIT_SANDBOX") != "1":
+        pytest.skip("the daemon runs without the unit's sandbox in this round")
+    pid = boxd_bed.daemon.proc.pid
+    mounts = {}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mounts[fields[4]] = (fields[5].split(","), line.split(" - ")[1].split()[2].split(","))
+    assert "ro" in mounts["/"][0]  # ProtectSystem=strict, ProtectHome=read-only
+    state = str(boxd_bed.daemon.root / "state")
+    assert "rw" in mounts[state][0]  # StateDirectory=
+    assert "hidepid=invisible" in mounts["/proc"][1] and "subset=pid" in mounts["/proc"][1]
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "NoNewPrivs:\t1" in status
+    bounding = int(re.search(r"^CapBnd:\s*(\w+)$", status, re.M).group(1), 16)
+    # CapabilityBoundingSet=CAP_CHOWN (0) CAP_FOWNER (3) CAP_DAC_READ_SEARCH (2) CAP_KILL (5)
+    assert unit_setting("CapabilityBoundingSet").split() == [
+        "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_READ_SEARCH", "CAP_KILL"]
+    assert bounding == (1 << 0) | (1 << 3) | (1 << 2) | (1 << 5)
+
