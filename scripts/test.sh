@@ -26,7 +26,7 @@ fi
 "$venv/bin/pytest" -ra
 
 # No systemd runs as PID 1 on CI machines: emulate as much of boxd.service's sandbox as works
-# without it (capabilities, no new privileges, a read-only file system, a private /proc) and run
-# the end-to-end tests again against a daemon inside it.
+# without it (capabilities, no new privileges, a read-only file system, a private /proc, no
+# network) and run the end-to-end tests again against a daemon inside it.
 echo "== pytest: end-to-end, the daemon inside boxd.service's sandbox"
 BOXD_TEST_UNIT_SANDBOX=1 exec "$venv/bin/pytest" -ra tests/e2e

@@ -258,8 +258,9 @@ exec "$@"
 def unit_sandbox(state_dir: Path) -> list[str]:
     """What BOXD_TEST_UNIT_SANDBOX=1 starts the suite's daemon under: as much of boxd.service's
     sandbox as works without systemd. CapabilityBoundingSet= and NoNewPrivileges= (setpriv),
-    and the file system and /proc views above (unshare). Building the default image needs more,
-    as under the unit."""
+    the file system and /proc views above and PrivateNetwork= (unshare: a network namespace with
+    nothing in it; sockets by path still work). Building the default image needs more, as under
+    the unit."""
     import re
 
     unit = (REPO / "systemd" / "boxd.service").read_text()
@@ -271,11 +272,12 @@ def unit_sandbox(state_dir: Path) -> list[str]:
 
     assert option("NoNewPrivileges") == "yes" and option("ProtectSystem") == "strict"
     assert option("ProtectHome") == "read-only" and option("ProtectProc") == "invisible"
-    assert option("ProcSubset") == "pid"
+    assert option("ProcSubset") == "pid" and option("PrivateNetwork") == "yes"
     wanted = ",".join("+" + c.removeprefix("CAP_").lower()
                       for c in option("CapabilityBoundingSet").split())
     writable = " ".join([str(state_dir), *option("ReadWritePaths").split()])
-    return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", _UNIT_MOUNTS,
+    return ["unshare", "--mount", "--propagation", "slave", "--net", "--",
+            "sh", "-c", _UNIT_MOUNTS,
             "unit-mounts", writable,
             "setpriv", f"--bounding-set=-all,{wanted}", "--no-new-privs", "--"]
 

@@ -121,6 +121,7 @@ def test_the_emulated_sandbox_is_in_place(boxd_bed):
     state = str(boxd_bed.daemon.root / "state")
     assert "rw" in mounts[state][0]  # StateDirectory=
     assert "hidepid=invisible" in mounts["/proc"][1] and "subset=pid" in mounts["/proc"][1]
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")  # PrivateNetwork=
     status = Path(f"/proc/{pid}/status").read_text()
     assert "NoNewPrivs:\t1" in status
     bounding = int(re.search(r"^CapBnd:\s*(\w+)$", status, re.M).group(1), 16)
