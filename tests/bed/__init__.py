@@ -255,27 +255,30 @@ exec "$@"
 """
 
 
+UNIT = REPO / "systemd" / "boxd.service"
+
+
+def unit_setting(key: str) -> str:
+    """The value of `key=` in boxd.service, which must set it exactly once."""
+    import re
+
+    found = re.findall(rf"^{key}=(.*)$", UNIT.read_text(), re.M)
+    assert len(found) == 1, key
+    return found[0]
+
+
 def unit_sandbox(state_dir: Path) -> list[str]:
     """What BOXD_TEST_UNIT_SANDBOX=1 starts the suite's daemon under: as much of boxd.service's
     sandbox as works without systemd. CapabilityBoundingSet= and NoNewPrivileges= (setpriv),
     the file system and /proc views above and PrivateNetwork= (unshare: a network namespace with
     nothing in it; sockets by path still work). Building the default image needs more, as under
     the unit."""
-    import re
-
-    unit = (REPO / "systemd" / "boxd.service").read_text()
-
-    def option(key: str) -> str:
-        found = re.findall(rf"^{key}=(.*)$", unit, re.M)
-        assert len(found) == 1, key
-        return found[0]
-
-    assert option("NoNewPrivileges") == "yes" and option("ProtectSystem") == "strict"
-    assert option("ProtectHome") == "read-only" and option("ProtectProc") == "invisible"
-    assert option("ProcSubset") == "pid" and option("PrivateNetwork") == "yes"
+    assert unit_setting("NoNewPrivileges") == "yes" and unit_setting("ProtectSystem") == "strict"
+    assert unit_setting("ProtectHome") == "read-only" and unit_setting("ProtectProc") == "invisible"
+    assert unit_setting("ProcSubset") == "pid" and unit_setting("PrivateNetwork") == "yes"
     wanted = ",".join("+" + c.removeprefix("CAP_").lower()
-                      for c in option("CapabilityBoundingSet").split())
-    writable = " ".join([str(state_dir), *option("ReadWritePaths").split()])
+                      for c in unit_setting("CapabilityBoundingSet").split())
+    writable = " ".join([str(state_dir), *unit_setting("ReadWritePaths").split()])
     return ["unshare", "--mount", "--propagation", "slave", "--net", "--",
             "sh", "-c", _UNIT_MOUNTS,
             "unit-mounts", writable,

@@ -22,7 +22,7 @@ import bed
 from conftest import boxctl_argv
 
 pytestmark = pytest.mark.e2e
-UNIT = bed.REPO / "systemd" / "boxd.service"
+UNIT = bed.UNIT
 
 
 @functools.cache
@@ -45,12 +45,6 @@ def allowed_by_unit() -> frozenset[str]:
         names = set().union(*(expand(n) for n in line.lstrip("~").split()))
         allowed = allowed - names if deny else allowed | names
     return frozenset(allowed)
-
-
-def unit_setting(key: str) -> str:
-    found = re.findall(rf"^{key}=(.*)$", UNIT.read_text(), re.M)
-    assert len(found) == 1, key
-    return found[0]
 
 
 def traced_threads(pid: int) -> bool:
@@ -100,8 +94,8 @@ def test_the_units_sandbox_allows_what_the_daemon_does(boxd_bed, alice):
     assert {"chown", "mknodat"} <= used, used  # it saw the work: box config, readiness FIFO
     assert used - allowed_by_unit() == set()
     families = set(re.findall(r"\bsocket(?:pair)?\((AF_\w+)", "\n".join(lines)))
-    assert families and families <= set(unit_setting("RestrictAddressFamilies").split())
-    assert unit_setting("MemoryDenyWriteExecute") == "yes"
+    assert families and families <= set(bed.unit_setting("RestrictAddressFamilies").split())
+    assert bed.unit_setting("MemoryDenyWriteExecute") == "yes"
     assert not [line for line in lines
                 if re.search(r"\b(mmap|mprotect)\(.*PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE",
                              line)]
@@ -126,7 +120,7 @@ def test_the_emulated_sandbox_is_in_place(boxd_bed):
     assert "NoNewPrivs:\t1" in status
     bounding = int(re.search(r"^CapBnd:\s*(\w+)$", status, re.M).group(1), 16)
     # CapabilityBoundingSet=CAP_CHOWN (0) CAP_FOWNER (3) CAP_DAC_READ_SEARCH (2) CAP_KILL (5)
-    assert unit_setting("CapabilityBoundingSet").split() == [
+    assert bed.unit_setting("CapabilityBoundingSet").split() == [
         "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_READ_SEARCH", "CAP_KILL"]
     assert bounding == (1 << 0) | (1 << 3) | (1 << 2) | (1 << 5)
 
