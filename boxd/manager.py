@@ -276,6 +276,7 @@ class BoxManager:
         stop the container. The box is "stopping" until podman says it is stopped."""
         self.get(name)
         async with self._lock(name):
+            before = self.get(name)
             self._stopping.add(name)
             self._set_state(name, "stopping")
             try:
@@ -284,8 +285,11 @@ class BoxManager:
                     box = _from_inspect(await self._podman.inspect_container(name))
             except BaseException:
                 self._stopping.discard(name)
-                with contextlib.suppress(podman.PodmanError):  # whatever podman says it is
+                try:  # whatever podman says it is, or what it was
                     self._upsert(_from_inspect(await self._podman.inspect_container(name)))
+                except podman.PodmanError:
+                    if self._boxes.get(name) is not None:
+                        self._upsert(before)
                 raise
             self._stopping.discard(name)
             self._upsert(box)

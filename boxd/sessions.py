@@ -150,6 +150,7 @@ class SessionManager:
         # A previous boxd's execs being ended (exec id -> box owner), and those tasks.
         self._leftovers: dict[str, int] = {}
         self._ending: set[asyncio.Task[None]] = set()
+        self._closing = False  # boxd is stopping: no new sessions
         self._ids = itertools.count(1)
         self.on_exit: Callable[[Session], None] = lambda session: None
 
@@ -182,6 +183,7 @@ class SessionManager:
 
     async def end_all(self, reason: str, grace: float = HANG_UP_GRACE) -> None:
         """boxd is stopping: hang up every session (a stopped boxd must orphan nothing)."""
+        self._closing = True
         await asyncio.gather(*(s.hang_up(grace, reason) for s in list(self._sessions.values())
                                if s.running))
 
@@ -230,6 +232,8 @@ class SessionManager:
         The session pumps descriptions of its own: `request.fds` stay the caller's to close."""
         streams: dict[int, FdStream] = {}
         try:
+            if self._closing:
+                raise errors.Busy("boxd is stopping; try again once it is back")
             if self.count(caller_uid) >= self._max_per_user:
                 raise errors.LimitReached(f"you have {self._max_per_user} sessions open "
                                           "already; close one first")

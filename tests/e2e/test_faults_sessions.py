@@ -136,10 +136,12 @@ def test_daemon_killed_and_restarted_leaves_nothing_running(boxd_bed, alice, ses
     leftovers = sessions.processes + _warm_launchers(box_id)
     log_offset = len(boxd_bed.daemon.log_events("leftover_ended"))
 
+    killed = time.monotonic()
     boxd_bed.daemon.kill(signal.SIGKILL)
     try:
         # Both clients say so at once, in one line, with a hang-up's status.
         _, stderr = sessions.run.communicate(timeout=30)
+        print(f"a client noticed the daemon's death after {time.monotonic() - killed:.3f} s")
         assert sessions.run.returncode == HUNG_UP
         assert GONE in _one_line(stderr)
         assert sessions.term.wait(30) == HUNG_UP
