@@ -520,7 +520,10 @@ class _Pinned:
 
 
 def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
+    """A pidfd is readable once its process has ended. (poll: fds past 1024 are fine.)"""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def exit_status(client: podman.PodmanClient, exec_id: str) -> int:
