@@ -152,8 +152,13 @@ def test_daemon_killed_and_restarted_leaves_nothing_running(boxd_bed, alice, ses
     # The new daemon finds what its predecessor left in the box and hangs it up.
     assert _until(lambda: not [p for p in leftovers if _alive(p)], 60), \
         [p for p in leftovers if _alive(p)]
-    ended = boxd_bed.daemon.log_events("leftover_ended")[log_offset:]
-    assert {e["kind"] for e in ended if e["box"] == BOX} >= {"session", "warm"}, ended
+    # (Said once podman has booked their ends, a moment after they ended.)
+
+    def ended() -> set[str]:
+        return {e["kind"] for e in boxd_bed.daemon.log_events("leftover_ended")[log_offset:]
+                if e["box"] == BOX}
+
+    assert _until(lambda: ended() >= {"session", "warm"}, 60), ended()
     # Boxes, settings and exports are as they were; sessions work again.
     listed = boxd_bed.manager("ListBoxes", user=user)["body"][0]
     assert [b[4] for b in listed if b[1] == BOX] == ["running"]
