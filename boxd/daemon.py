@@ -84,10 +84,10 @@ async def serve(cfg: config.Config) -> int:
     await service.watch_callers()
     follower = asyncio.create_task(manager.run(service.podman_changed))
     # What a previous boxd left in boxes is found before anyone can call: no new session can
-    # be taken for a leftover. If podman is slow to answer, that happens when it does.
+    # be taken for a leftover. If podman is down or slow, that happens once it answers.
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(LEFTOVER_SCAN_WAIT):
-            await manager.ready.wait()
+            await manager.first_contact.wait()
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         _log.error("bus_name_taken", name=BUS_NAME, reply=reply.name)

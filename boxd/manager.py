@@ -137,6 +137,8 @@ class BoxManager:
         self._podman_up = False
         # Set once podman was first seen and what a previous boxd left running was found.
         self.ready = asyncio.Event()
+        # Set then, or at the first failure to reach podman (it is down: nothing to wait for).
+        self.first_contact = asyncio.Event()
         config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.sessions = SessionManager(client, config.max_sessions_per_user,
                                        config.warm_sessions, config.warm_idle_seconds)
@@ -486,6 +488,7 @@ class BoxManager:
                     if not self.ready.is_set():
                         await self._end_leftovers()
                         self.ready.set()
+                        self.first_contact.set()
                     if not self._podman_up:
                         self._podman_up = True
                         _log.info("podman_connected", socket=self._config.podman_socket)
@@ -495,6 +498,7 @@ class BoxManager:
                     async for event in events:
                         await self._on_event(event)
             except podman.PodmanError as exc:
+                self.first_contact.set()
                 if self._podman_up:
                     self._podman_up = False
                     _log.warning("podman_lost", error=str(exc))
