@@ -72,3 +72,57 @@ def test_a_process_already_gone_is_left_alone() -> None:
     proc.wait()
     assert asyncio.run(hang_up_process(proc.pid, 1)) == "gone"
     assert asyncio.run(hang_up_process(os.getpid() + 10_000_000, 1)) == "gone"
+
+
+class _FakePodman:
+    """Just what finding and ending a box's execs asks podman: its execs are real processes."""
+
+    def __init__(self, execs: dict[str, tuple[subprocess.Popen[bytes], str]]) -> None:
+        self.execs = execs
+
+    async def inspect_container(self, name: str) -> dict[str, object]:
+        return {"ExecIDs": [*self.execs, "removed-meanwhile"]}
+
+    async def exec_inspect(self, exec_id: str) -> dict[str, object]:
+        from boxd import podman
+
+        if exec_id not in self.execs:
+            raise podman.NotFound(404, "no such exec")
+        proc, name = self.execs[exec_id]
+        return {"Running": proc.poll() is None, "Pid": proc.pid, "ExitCode": proc.returncode,
+                "ProcessConfig": {"arguments": ["-c", "script", name], "tty": False}}
+
+    async def wait_exec_ended(self, exec_id: str, timeout: float = 15.0) -> dict[str, object]:
+        proc, _ = self.execs[exec_id]
+        await asyncio.to_thread(proc.wait, timeout)
+        return await self.exec_inspect(exec_id)
+
+
+def test_a_new_boxd_ends_the_sessions_and_launchers_it_did_not_start() -> None:
+    from boxd.sessions import SessionManager, running_execs
+
+    def sleeper() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["sleep", "1000"], start_new_session=True)
+
+    execs = {"spawned": (sleeper(), "boxd-spawn"), "warm": (sleeper(), "boxd-warm"),
+             "someone's": (sleeper(), "bash")}
+    client = _FakePodman(execs)
+
+    async def scenario() -> tuple[list[str], int, int, int]:
+        manager = SessionManager(client, max_per_user=64)  # type: ignore[arg-type]
+        kinds = sorted(e.kind for e in await running_execs(client, "box"))  # type: ignore[arg-type]
+        found = await manager.end_leftovers({"box": 2101}, grace=5)
+        counted = manager.count(2101)  # until they are gone, they are their owner's
+        await asyncio.gather(*manager._ending)
+        return kinds, found, counted, manager.count(2101)
+
+    try:
+        kinds, found, counted, after = asyncio.run(scenario())
+        assert kinds == ["other", "session", "warm"]
+        assert (found, counted, after) == (2, 2, 0)
+        assert execs["spawned"][0].wait(10) == -1 and execs["warm"][0].wait(10) == -1
+        assert execs["someone's"][0].poll() is None  # not boxd's: left alone
+    finally:
+        for proc, _ in execs.values():
+            proc.kill()
+            proc.wait()
