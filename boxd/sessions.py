@@ -133,7 +133,11 @@ class Session:
             self.end_reason = reason
         how = "gone"
         if self.running and self._client is not None:
-            how = await hang_up_exec(self._client, self.exec_id, grace)
+            try:
+                how = await hang_up_exec(self._client, self.exec_id, grace)
+            except podman.PodmanError as exc:  # no pid to signal; its stream ends with podman
+                _log.warning("hang_up_failed", session=self.id, box=self.box, error=str(exc))
+                how = "unknown"
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace + 20):  # its output drained, its status booked
                 await self._done.wait()
