@@ -110,7 +110,8 @@ def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: boo
         session_path = client.box(name, "Spawn", "ayaaya{uh}a{ss}a{sv}", body)[0]
         waiting = client.begin(session_path, SESSION, "Wait")
         forwarder.attach(session_path)  # from here on the main thread only receives
-        return int(client.finish(waiting)[0])
+        # No pings while the handlers may send; a boxd that dies answers with the bus's NoReply.
+        return int(client.finish(waiting, patience=None)[0])
     finally:
         if saved_tty is not None:
             import termios

@@ -17,16 +17,19 @@ JOB = "io.github.boxd1.Job"
 
 def pull(client: BoxdClient, reference: str, quiet: bool = False) -> str:
     """Pull `reference`; returns the image id, raises CallError with the job's error."""
+    client.watch_daemon()
     return follow(client, client.manager("PullImage", "sa{sv}", (reference, {}))[0], quiet)
 
 
 def build_default(client: BoxdClient, quiet: bool = False) -> str:
     """Build and import boxd's default image; returns its id."""
+    client.watch_daemon()
     return follow(client, client.manager("BuildDefaultImage", "a{sv}", ({},))[0], quiet)
 
 
 def start_box(client: BoxdClient, name: str, quiet: bool = False) -> None:
     """Start a box unless it runs already, showing what its entry point prints on the way."""
+    client.watch_daemon()  # a boxd that dies mid-start never sends Finished
     path = client.box(name, "StartJob", "a{sv}", ({},))[0]
     if path != "/":
         if not quiet:
@@ -44,7 +47,7 @@ def follow(client: BoxdClient, path: str, quiet: bool) -> str:
     try:
         with view:
             while True:
-                msg = client.connection.receive()
+                msg = client.receive()  # raises when boxd goes away or falls silent
                 fields = msg.header.fields
                 if msg.header.message_type != MessageType.signal or \
                         fields.get(HeaderFields.path) != path:
