@@ -76,6 +76,9 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     exit_status: int | None = None
     exec_id: str = ""
+    # Its caller left the bus: its fds are now someone else's terminal (the shell the client ran
+    # from), where nothing more may land, podman's own "Error: read unixpacket ..." included.
+    caller_gone: bool = False
     warm_key: WarmKey | None = None  # its kind, when it could start from a warm exec
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -118,6 +121,7 @@ class Session:
 
     async def hang_up(self) -> None:
         """The caller is gone: hang up the process, and kill it if it does not listen."""
+        self.caller_gone = True
         await self._kill(signal.SIGHUP)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3):
@@ -263,11 +267,16 @@ class SessionManager:
                             fds: dict[int, FdStream]) -> None:
         out = fds.get(1)
         err = fds.get(2, out)
+
+        async def emit(target: FdStream | None, data: bytes | memoryview) -> None:
+            if not session.caller_gone:
+                await _write(target, data)
+
         if session.tty:
             if stream.initial:
-                await _write(out, stream.initial)
+                await emit(out, stream.initial)
             while data := await stream.reader.read(1 << 20):
-                await _write(out, data)
+                await emit(out, data)
             return
         buffer = bytearray(stream.initial)
         while True:
@@ -278,7 +287,7 @@ class SessionManager:
                 end = offset + _FRAME.size + length
                 if len(buffer) < end:
                     break
-                await _write(err if kind == 2 else out, view[offset + _FRAME.size:end])
+                await emit(err if kind == 2 else out, view[offset + _FRAME.size:end])
                 offset = end
             view.release()
             del buffer[:offset]  # one move per read, not one per frame

@@ -201,3 +201,21 @@ def test_a_closed_stdout_is_no_error(boxd_bed, alice, alice_box):
                              *argv(boxd_bed, alice["name"], "list")],
                             capture_output=True, timeout=120, cwd="/")
     assert listed.returncode == 0 and listed.stderr == b"", listed.stderr
+
+
+def test_nothing_lands_on_a_killed_clients_fds(boxd_bed, alice, alice_box):
+    """Once the client is gone its stdout and stderr belong to whoever ran it (a shell, its
+    terminal): boxd hangs the command up and writes nothing more there, not even podman's own
+    "Error: read unixpacket ...: connection reset by peer" about the attach it lost."""
+    client = subprocess.Popen(argv(boxd_bed, alice["name"], "run", alice_box, "--", "sh", "-c",
+                                   "echo begun; exec sleep 300"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
+                              start_new_session=True)
+    assert client.stdout is not None
+    try:
+        assert client.stdout.readline() == b"begun\n"
+    finally:
+        os.killpg(client.pid, signal.SIGKILL)  # runuser and boxctl: this test started both
+    # boxd lets go of its copies of the fds when the session ends: then these read EOF.
+    out, err = client.communicate(timeout=120)
+    assert out == b"" and err == b"", (out, err)
