@@ -3,14 +3,16 @@ loop (dbus-next pulls in asyncio: ~70 ms of imports here, more than the rest of 
 
 Nothing here waits forever: a call's answer is awaited only while boxd shows signs of life (it
 is pinged when quiet, and gets BOXCTL_TIMEOUT seconds to answer), and a watcher of boxd's bus name
-(watch_daemon) learns at once when the boxd that was answering leaves the bus. Whatever keeps
+(watching_daemon) learns at once when the boxd that was answering leaves the bus. Whatever keeps
 boxctl from boxd comes out as Unreachable, with the reason in words."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from jeepney import DBusAddress, HeaderFields, MessageFlag, MessageType, new_method_call
@@ -90,6 +92,7 @@ class BoxdClient:
         self.timeout = call_timeout()
         self.daemon = ""                    # the unique name of the boxd that answered
         self._watching = False
+        self._match_added = False
 
     @classmethod
     def connect(cls, user_bus: bool = False) -> BoxdClient:
@@ -152,18 +155,24 @@ class BoxdClient:
             self.daemon = sender
         return reply.body
 
-    def watch_daemon(self) -> None:
-        """From now on, receive() raises Unreachable as soon as boxd leaves the bus. Sent without
-        waiting: the bus installs the match before it routes our next call, so a boxd that
+    @contextlib.contextmanager
+    def watching_daemon(self) -> Iterator[None]:
+        """Within this, receive() raises Unreachable as soon as the boxd that answered leaves
+        the bus (for jobs: a boxd that dies mid-start never sends Finished). The match is sent
+        without waiting: the bus installs it before it routes our next call, so a boxd that
         answers that call and dies is seen."""
-        if self._watching:
-            return
-        self._watching = True
-        rule = (f"type='signal',sender='{BUS_DAEMON}',interface='{BUS_DAEMON}',"
-                f"member='NameOwnerChanged',path='/org/freedesktop/DBus',arg0='{BUS_NAME}'")
-        msg = new_method_call(DBusAddress("/org/freedesktop/DBus", bus_name=BUS_DAEMON,
-                                          interface=BUS_DAEMON), "AddMatch", "s", (rule,))
-        self._send(msg)
+        if not self._match_added:
+            self._match_added = True
+            rule = (f"type='signal',sender='{BUS_DAEMON}',interface='{BUS_DAEMON}',"
+                    f"member='NameOwnerChanged',path='/org/freedesktop/DBus',arg0='{BUS_NAME}'")
+            self._send(new_method_call(DBusAddress("/org/freedesktop/DBus", bus_name=BUS_DAEMON,
+                                                   interface=BUS_DAEMON), "AddMatch", "s",
+                                       (rule,)))
+        outer, self._watching = self._watching, True
+        try:
+            yield
+        finally:
+            self._watching = outer
 
     def receive(self, patience: float | bool | None = True) -> Message:
         """The next message for us. Raises Unreachable when the connection breaks, when the

@@ -74,6 +74,7 @@ def test_a_stopped_daemon_times_a_waiting_list_out_with_one_line(boxd_bed, alice
     assert "boxctl: cannot reach boxd: boxd did not answer within 3 s" in line
     assert "BOXCTL_TIMEOUT" in line
     assert 2.5 < took < 30, took  # the timeout, not forever
+    print(f"boxctl list gave up on a stopped daemon after {took:.2f} s (BOXCTL_TIMEOUT=3)")
     assert run(words).returncode == 0  # and it answers again once it runs
 
 
@@ -111,6 +112,7 @@ def test_a_daemon_killed_during_a_start_ends_the_client_at_once(boxd_bed, alice,
         assert line.startswith("boxctl: cannot reach boxd: boxd left the bus before finishing"), \
             line
         assert took < 5, took  # at once: no timeout involved
+        print(f"boxctl {verb} noticed the killed daemon in {took * 1000:.0f} ms")
     finally:
         if client.poll() is None:
             client.kill()
