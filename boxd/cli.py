@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import argparse
@@ -45,7 +46,6 @@ HINTS = {
     "AuthRequired": "log in to the registry first (as root: podman login REGISTRY)",
     "DiskFull": "free some space (remove unused images with 'boxctl rmi')",
 
-    "PodmanUnavailable": "start podman's service: 'systemctl enable --now podman.socket'",
     "AccessDenied": "ask an administrator, or use a box of your own",
     "Busy": "stop it first with 'boxctl stop NAME', or use 'boxctl rm -f NAME'",
     "LimitReached": "remove a box or end a session; an administrator can raise the limit",
@@ -463,45 +463,88 @@ def parse_with_argparse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    closed = _guard_stdio()
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
         status = run(args)
+        if 1 not in closed:
+            sys.stdout.flush()  # here, where a reader gone away can still end us quietly
     except UsageError as exc:
-        print(f"boxctl: {exc}", file=sys.stderr)
+        _say(f"boxctl: {exc}")
         status = 2
     except KeyboardInterrupt:
         status = 130
+    except BrokenPipeError:
+        _die_of_sigpipe()  # the bus's own errors come as Unreachable: this is our output
     except Exception as exc:  # one clear line, never a traceback
         status = _report(exc, getattr(args, "implicit_box", None))
     if os.environ.get("BOXCTL_TIMING"):
-        print(f"boxctl: {time.monotonic() - started:.3f} s", file=sys.stderr)
+        _say(f"boxctl: {time.monotonic() - started:.3f} s")
     sys.exit(status)
+
+
+def _guard_stdio() -> set[int]:
+    """Put /dev/null where stdin, stdout or stderr came closed (`boxctl ... >&-`): else the bus
+    socket would take the lowest free fd and a command in a box would be handed it as its
+    stdout. What it writes there is lost, as a shell's command loses it."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        stream = open(fd, "r" if fd == 0 else "w", closefd=False)
+        setattr(sys, ("stdin", "stdout", "stderr")[fd], stream)
+    return closed
+
+
+def _die_of_sigpipe() -> NoReturn:
+    """Whoever read our output left (`boxctl list | head -1`): end as coreutils do, by SIGPIPE,
+    with nothing said (a shell sees status 141)."""
+    import signal
+
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing left to flush at exit
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(141)  # not reached
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if anyone still reads it."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _report(exc: Exception, implicit_box: str | None = None) -> int:
     """Print `exc` as one line with a hint; `implicit_box` is the default box the command used
     because none was named."""
-    from boxd.client import CallError
+    from boxd import faults
+    from boxd.client import CallError, Unreachable
 
+    if isinstance(exc, Unreachable):
+        _say("boxctl: " + faults.unreachable_line(exc.kind, exc.message, exc.bus))
+        return 1
     if isinstance(exc, CallError):
         hint = HINTS.get(exc.short_name)
+        if exc.short_name == "PodmanUnavailable":
+            hint = faults.start_podman()
         if exc.short_name == "NotFound" and implicit_box:
             hint = (f"with no box named, boxctl uses your default box, {implicit_box}: create "
                     "it with 'boxctl create', or name one of 'boxctl list'")
-        print(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""),
-              file=sys.stderr)
+        _say(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""))
         return 1
-    if isinstance(exc, OSError | ConnectionError | TimeoutError):
-        print(f"boxctl: cannot reach boxd on the {'session' if _user_mode() else 'system'} bus "
-              f"({exc}) (hint: is boxd running? 'systemctl status boxd')", file=sys.stderr)
+    if isinstance(exc, OSError):
+        _say(f"boxctl: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return 1
-    print(f"boxctl: unexpected error: {exc}", file=sys.stderr)
+    _say(f"boxctl: unexpected error: {exc}")
     return 1
-
-
-def _user_mode() -> bool:
-    return bool(os.environ.get("BOXD_USER")) or "--user" in sys.argv
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     exit_status: int | None = None
     exec_id: str = ""
+    # Its caller left the bus: its fds are now someone else's terminal (the shell the client ran
+    # from), where nothing more may land, podman's own "Error: read unixpacket ..." included.
+    caller_gone: bool = False
     warm_key: WarmKey | None = None  # its kind, when it could start from a warm exec
     # Why boxd ended it, said in one line on its stderr once it is over ("box X was stopped").
     end_reason: str = ""
@@ -314,7 +317,7 @@ class SessionManager:
             with contextlib.suppress(BaseException):
                 await feeder
             stream.writer.close()
-            if session.end_reason:
+            if session.end_reason and not session.caller_gone:
                 await _tell(fds.get(2) or fds.get(1), session.end_reason, session.tty)
             if raw_restore is not None:
                 raw_restore()
@@ -353,11 +356,16 @@ class SessionManager:
                             fds: dict[int, FdStream]) -> None:
         out = fds.get(1)
         err = fds.get(2, out)
+
+        async def emit(target: FdStream | None, data: bytes | memoryview) -> None:
+            if not session.caller_gone:
+                await _write(target, data)
+
         if session.tty:
             if stream.initial:
-                await _write(out, stream.initial)
+                await emit(out, stream.initial)
             while data := await stream.reader.read(1 << 20):
-                await _write(out, data)
+                await emit(out, data)
             return
         buffer = bytearray(stream.initial)
         while True:
@@ -368,7 +376,7 @@ class SessionManager:
                 end = offset + _FRAME.size + length
                 if len(buffer) < end:
                     break
-                await _write(err if kind == 2 else out, view[offset + _FRAME.size:end])
+                await emit(err if kind == 2 else out, view[offset + _FRAME.size:end])
                 offset = end
             view.release()
             del buffer[:offset]  # one move per read, not one per frame

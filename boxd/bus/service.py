@@ -437,6 +437,9 @@ class BoxdService:
                 for job in self.jobs.of_sender(name):
                     job.cancel()  # nobody is left to use what it pulls
                 for session in self.manager.sessions.of_sender(name):
+                    # Its fds are now someone else's terminal: nothing more may land there,
+                    # podman's own "Error: read unixpacket ..." included.
+                    session.caller_gone = True
                     if session.running:
                         asyncio.get_running_loop().create_task(session.hang_up())
                     else:
