@@ -16,8 +16,12 @@ from boxd.client import SESSION, BoxdClient
 PASSED_ENV = {"TERM", "COLORTERM", "LANG", "LANGUAGE", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
               "DBUS_SESSION_BUS_ADDRESS", "SSH_AUTH_SOCK", "PULSE_SERVER", "COLUMNS", "LINES",
               "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "VTE_VERSION", "DESKTOP_SESSION",
-              "KRB5CCNAME", "NO_COLOR", "EDITOR", "VISUAL", "PAGER"}
-PASSED_PREFIXES = ("LC_", "XDG_")
+              "KRB5CCNAME", "NO_COLOR", "EDITOR", "VISUAL", "PAGER",
+              # What Toolbx also passes: shell history settings, KDE's and xterm's own.
+              "HISTCONTROL", "HISTFILE", "HISTFILESIZE", "HISTIGNORE", "HISTSIZE",
+              "HISTTIMEFORMAT", "KDE_FULL_SESSION", "KDE_SESSION_VERSION", "XTERM_VERSION",
+              "XAUTHLOCALHOSTNAME"}
+PASSED_PREFIXES = ("LC_", "XDG_", "KONSOLE_")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 

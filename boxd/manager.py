@@ -24,9 +24,11 @@ from boxd.config import Config
 from boxd.exports import Export, Exports
 from boxd.model import (
     DENIED_ENV,
+    LABEL_GROUPS,
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_VERSION,
+    SYSTEM_BUS_IN_BOX,
     BoxSettings,
     Owner,
     Volume,
@@ -51,6 +53,7 @@ class BoxInfo:
     state: str          # running, starting, stopped, paused, removing, unknown
     created: int        # unix seconds
     boxd_version: str
+    groups: tuple[int, ...] = ()  # host gids mapped into the box (see model.LABEL_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _from_list_entry(entry: dict[str, Any]) -> BoxInfo:
                    image=entry.get("Image", ""), owner=int(labels.get(LABEL_OWNER, -1)),
                    state=_STATES.get(entry.get("State", ""), "unknown"),
                    created=_created(entry.get("Created")),
-                   boxd_version=labels.get(LABEL_VERSION, ""))
+                   boxd_version=labels.get(LABEL_VERSION, ""), groups=_groups(labels))
 
 
 def _from_inspect(data: dict[str, Any]) -> BoxInfo:
@@ -114,7 +117,11 @@ def _from_inspect(data: dict[str, Any]) -> BoxInfo:
                    image=data.get("ImageName", ""), owner=int(labels.get(LABEL_OWNER, -1)),
                    state=_STATES.get((data.get("State") or {}).get("Status", ""), "unknown"),
                    created=_created(data.get("Created")),
-                   boxd_version=labels.get(LABEL_VERSION, ""))
+                   boxd_version=labels.get(LABEL_VERSION, ""), groups=_groups(labels))
+
+
+def _groups(labels: dict[str, str]) -> tuple[int, ...]:
+    return tuple(int(g) for g in labels.get(LABEL_GROUPS, "").split(",") if g.isdigit())
 
 
 def _is_box(labels: dict[str, str] | None) -> bool:
@@ -244,7 +251,7 @@ class BoxManager:
             owner = self._owner_lookup(box.owner)
             settings = self.settings(name)
             token = secrets.token_hex(8)
-            self._write_box_conf(name, owner, settings, token)
+            self._write_box_conf(name, owner, settings, token, held_groups(box.groups, owner))
             self._starting.add(name)
             self._set_state(name, "starting")
             try:
@@ -405,8 +412,13 @@ class BoxManager:
             if as_root:
                 user, home, login = "0:0", "/root", "root"
             else:
-                user, login = f"{owner.uid}:{owner.gid}", owner.user
-            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login, **env}
+                # The uid alone: podman then adds the groups the box's /etc/group gives the
+                # user (the entry point puts the owner's host groups there); "uid:gid" gets none.
+                user, login = str(owner.uid), owner.user
+            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login,
+                        # The host's system bus, as Toolbx gives it (the entry point also links
+                        # /run/dbus/system_bus_socket there).
+                        "DBUS_SYSTEM_BUS_ADDRESS": SYSTEM_BUS_IN_BOX, **env}
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=fds,
@@ -572,12 +584,13 @@ class BoxManager:
     def _write_settings(self, name: str, settings: BoxSettings) -> None:
         _atomic_write(self._settings_path(name), json.dumps(settings.to_json()), 0o600)
 
-    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str) -> None:
+    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str,
+                        groups: tuple[tuple[str, int], ...] = ()) -> None:
         config_dir = self._config_dir(name)
         if not config_dir.is_dir():
             raise errors.StartFailed(f"box {name!r} has no config at {config_dir}; re-create it")
         text = boxconf.render(name=name, hostname=box_hostname(name, settings), owner=owner,
-                              settings=settings, token=token)
+                              settings=settings, token=token, groups=groups)
         _atomic_write(config_dir / "box.conf", text, 0o640, gid=config_dir.stat().st_gid)
 
     def _drop_state(self, name: str) -> None:
@@ -588,6 +601,19 @@ class BoxManager:
             for child in config_dir.iterdir():
                 child.unlink()
             config_dir.rmdir()
+
+
+def held_groups(mapped: tuple[int, ...], owner: Owner) -> tuple[tuple[str, int], ...]:
+    """The owner's host groups that the box maps, as (name, gid) for the entry point. A mapped
+    group the owner has left since the box was created would stay usable by root in the box:
+    the box must be re-created instead."""
+    current = dict((gid, name) for name, gid in owner.groups)
+    left = [gid for gid in mapped if gid not in current]
+    if left:
+        raise errors.StartFailed(
+            f"{owner.user} is no longer in host group(s) {', '.join(map(str, left))}, which this "
+            "box maps; re-create the box (boxctl rm, then boxctl create)")
+    return tuple((current[gid], gid) for gid in mapped)
 
 
 def _atomic_write(path: Path, text: str, mode: int, gid: int | None = None) -> None:

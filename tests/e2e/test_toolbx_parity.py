@@ -1,0 +1,166 @@
+"""What Toolbx's own system tests expect of a box, tried the same way against boxctl as a real user:
+the host's groups, the host's system bus, the host's limits and the caller's environment."""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import bed
+from conftest import boxctl_argv
+
+pytestmark = pytest.mark.e2e
+
+EXTRA_GROUP = "boxd-tbxgrp"
+
+
+@pytest.fixture(scope="module")
+def gina(boxd_bed) -> dict:
+    """A user in boxd's group and one more host group, which her box must keep."""
+    return bed.ensure_user("boxd-gina", 2111, groups=("boxd", EXTRA_GROUP))
+
+
+@pytest.fixture(scope="module")
+def host_system_bus():
+    """The host's system bus at its usual path: the machine's own if it runs one, else one
+    started for this module (and stopped after)."""
+    socket_path = Path("/run/dbus/system_bus_socket")
+    if socket_path.is_socket():
+        yield socket_path
+        return
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["dbus-daemon", "--system", "--nofork", "--nopidfile",
+                             f"--address=unix:path={socket_path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.is_socket():
+            assert proc.poll() is None, "dbus-daemon --system ended at once"
+            assert time.monotonic() < deadline, "no system bus socket within 30 s"
+            time.sleep(0.05)
+        yield socket_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        socket_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def gina_box(boxd_bed, gina, host_system_bus) -> str:
+    reply = boxd_bed.manager("CreateBox", "ssa{sv}", ["gina-tbx", "", {}], user=gina["name"])
+    assert "error" not in reply, reply
+    assert boxd_bed.box("gina-tbx", "Start", user=gina["name"]) == {"body": []}
+    return "gina-tbx"
+
+
+def run(boxd, user, *args, env=None, timeout=120):
+    argv = boxctl_argv(boxd, user, *args)
+    if env:
+        argv[argv.index("env") + 1:argv.index("env") + 1] = [f"{k}={v}" for k, v in env.items()]
+    return subprocess.run(argv, capture_output=True, timeout=timeout, cwd="/")
+
+
+def test_id_in_the_box_matches_id_on_the_host(boxd_bed, gina, gina_box):
+    host = subprocess.run(["id", "-G", gina["name"]], capture_output=True, text=True, check=True)
+    box = run(boxd_bed, gina["name"], "run", gina_box, "--", "id", "-G")
+    assert box.returncode == 0, box.stderr
+    assert sorted(box.stdout.split()) == sorted(host.stdout.split())
+    status = run(boxd_bed, gina["name"], "run", gina_box, "--", "grep", "^Groups:",
+                 "/proc/self/status")
+    gids = {int(g) for g in status.stdout.split()[1:]}
+    assert grp.getgrnam(EXTRA_GROUP).gr_gid in gids and grp.getgrnam("boxd").gr_gid in gids
+
+
+def test_a_host_group_grants_the_same_access_in_the_box(boxd_bed, gina, gina_box):
+    shared = Path("/var/tmp/boxd-tbx-group")
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.mkdir(mode=0o755)
+    secret = shared / "for-the-group"
+    secret.write_text("only the group\n")
+    os.chown(secret, 0, grp.getgrnam(EXTRA_GROUP).gr_gid)
+    secret.chmod(0o640)
+    try:
+        result = run(boxd_bed, gina["name"], "run", gina_box, "--", "cat",
+                     f"/run/host{secret}")
+        assert (result.returncode, result.stdout) == (0, b"only the group\n"), result.stderr
+        # And nothing more: a file of a group she is not in stays closed.
+        secret.chmod(0o600)
+        result = run(boxd_bed, gina["name"], "run", gina_box, "--", "cat",
+                     f"/run/host{secret}")
+        assert result.returncode != 0 and b"Permission denied" in result.stderr
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_group_left_on_the_host_is_not_kept_by_the_box(boxd_bed, gina, gina_box):
+    """Root in the box could otherwise still use the gid: the box must be re-created."""
+    assert boxd_bed.box(gina_box, "Stop", user=gina["name"]) == {"body": []}
+    subprocess.run(["gpasswd", "-d", gina["name"], EXTRA_GROUP], check=True,
+                   capture_output=True)
+    try:
+        reply = boxd_bed.box(gina_box, "Start", user=gina["name"])
+        assert reply["error"] == "io.github.boxd1.Error.StartFailed", reply
+        assert "re-create the box" in reply["message"]
+        assert str(grp.getgrnam(EXTRA_GROUP).gr_gid) in reply["message"]
+        state = boxd_bed.podman.inspect(gina_box)["State"]["Status"]
+        assert state != "running"
+    finally:
+        bed.ensure_user("boxd-gina", 2111, groups=("boxd", EXTRA_GROUP))
+    assert boxd_bed.box(gina_box, "Start", user=gina["name"]) == {"body": []}
+
+
+def test_the_host_system_bus_answers_in_the_box(boxd_bed, gina, gina_box, host_system_bus):
+    # Real D-Bus: the server answers EXTERNAL auth for gina's own uid with OK and its guid.
+    handshake = r"""
+use Socket;
+my $path = $ENV{DBUS_SYSTEM_BUS_ADDRESS} =~ s/^unix:path=//r;
+socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+connect($s, pack_sockaddr_un($path)) or die "connect $path: $!";
+my $hex = unpack("H*", "$<");
+syswrite($s, "\0AUTH EXTERNAL $hex\r\n");
+sysread($s, my $answer, 200);
+print $answer;
+"""
+    result = run(boxd_bed, gina["name"], "run", gina_box, "--", "perl", "-e", handshake)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"OK "), result.stdout
+    env = run(boxd_bed, gina["name"], "run", gina_box, "--", "sh", "-c",
+              'echo "$DBUS_SYSTEM_BUS_ADDRESS"; readlink /run/dbus/system_bus_socket')
+    assert env.stdout.decode().split() == ["unix:path=/run/host/run/dbus/system_bus_socket",
+                                           "/run/host/run/dbus/system_bus_socket"]
+    assert stat.S_ISSOCK(os.stat(host_system_bus).st_mode)
+
+
+def _host_limit(label: str) -> str:
+    for line in Path("/proc/1/limits").read_text().splitlines():
+        if line.startswith(label + " "):
+            return line[len(label):].split()[0]
+    raise AssertionError(label)
+
+
+def test_the_box_has_the_hosts_process_limit(boxd_bed, gina, gina_box):
+    result = run(boxd_bed, gina["name"], "run", gina_box, "--", "sh", "-c", "ulimit -u")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == _host_limit("Max processes")
+    result = run(boxd_bed, gina["name"], "run", gina_box, "--", "sh", "-c", "ulimit -n")
+    assert int(result.stdout) <= 1024  # a login's soft limit, not podman's 1048576
+
+
+def test_the_callers_history_and_terminal_settings_reach_the_box(boxd_bed, gina, gina_box):
+    passed = {"HISTCONTROL": "ignoreboth", "HISTFILE": "/tmp/h", "HISTFILESIZE": "9",
+              "HISTIGNORE": "ls", "HISTSIZE": "8", "HISTTIMEFORMAT": "%F",
+              "KDE_FULL_SESSION": "true", "KDE_SESSION_VERSION": "6",
+              "KONSOLE_VERSION": "240202", "KONSOLE_DBUS_SESSION": "/Sessions/1",
+              "XTERM_VERSION": "XTerm(390)"}
+    result = run(boxd_bed, gina["name"], "run", gina_box, "--", "env", env=passed)
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.split("=", 1) for line in result.stdout.decode().splitlines()
+                if "=" in line)
+    assert {k: seen.get(k) for k in passed} == passed
