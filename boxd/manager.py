@@ -419,6 +419,8 @@ class BoxManager:
                         # The host's system bus, as Toolbx gives it (the entry point also links
                         # /run/dbus/system_bus_socket there).
                         "DBUS_SYSTEM_BUS_ADDRESS": SYSTEM_BUS_IN_BOX, **env}
+            if "PATH" in settings.env:  # the box's own PATH beats the login profile's
+                full_env["__BOXD_PATH"] = settings.env["PATH"]
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=fds,

@@ -30,6 +30,7 @@ LAUNCHER = r"""
 if [ -t 0 ]; then
     __boxd_tty=$(stty -g 2>/dev/null) && stty raw -echo 2>/dev/null || exit 0
 fi
+! command -v __boxd_login_env >/dev/null 2>&1 || __boxd_login=$(__boxd_login_env)
 printf '%s' "$1"
 IFS= read -r __boxd_request || exit 0
 [ -z "${__boxd_tty:-}" ] || stty "$__boxd_tty"
@@ -100,9 +101,11 @@ class _Kind:
 
 class WarmPool:
     def __init__(self, client: podman.PodmanClient, script: str, size: int,
-                 idle_seconds: float) -> None:
+                 idle_seconds: float, prelude: str = "") -> None:
+        """`script` runs once a request came; `prelude` is sh defined before the launcher waits
+        (a `__boxd_login_env` function there is run ahead, see sessions.LOGIN_ENV)."""
         self._podman = client
-        self._script = LAUNCHER + script
+        self._script = prelude + LAUNCHER + script
         self._size = size
         self._idle = idle_seconds
         self._kinds: dict[WarmKey, _Kind] = {}

@@ -164,3 +164,41 @@ def test_the_callers_history_and_terminal_settings_reach_the_box(boxd_bed, gina,
     seen = dict(line.split("=", 1) for line in result.stdout.decode().splitlines()
                 if "=" in line)
     assert {k: seen.get(k) for k in passed} == passed
+
+
+@pytest.mark.parametrize("command, status, message", [
+    ("/etc", 126, b"/etc: Is a directory\n"),
+    ("/etc/hostname", 126, b"/etc/hostname: Permission denied\n"),
+    ("/no/such/thing", 127, b"/no/such/thing: No such file or directory\n"),
+    ("no-such-command", 127, b"no-such-command: command not found\n"),
+])
+def test_a_command_that_cannot_run_fails_as_a_shell_says(boxd_bed, gina, gina_box, command,
+                                                          status, message):
+    # Twice: the first may take the ordinary path, the second a warm launcher.
+    for _ in range(2):
+        result = run(boxd_bed, gina["name"], "run", gina_box, "--", command)
+        assert (result.returncode, result.stderr) == (status, message)
+
+
+def test_run_gets_the_login_profile_but_the_callers_env_wins(boxd_bed, gina, gina_box):
+    home = Path(gina["home"])
+    tools = home / ".local" / "tbx-bin"
+    tools.mkdir(parents=True, exist_ok=True)
+    tool = tools / "tbx-tool"
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    profile = home / ".profile"
+    profile.write_text('echo "profile noise"\nexport PATH="$HOME/.local/tbx-bin:$PATH"\n'
+                       "export HISTSIZE=1 TBX_FROM_PROFILE=yes\n")
+    for path in (home / ".local", tools, tool, profile):
+        os.chown(path, gina["uid"], gina["gid"])
+    try:
+        # The first run after a start may be cold, the next ones warm: all the same.
+        for _ in range(3):
+            result = run(boxd_bed, gina["name"], "run", gina_box, "--", "sh", "-c",
+                         'tbx-tool; echo "$HISTSIZE $TBX_FROM_PROFILE"',
+                         env={"HISTSIZE": "500"})
+            assert (result.returncode, result.stdout) == (0, b"tool ran\n500 yes\n"), \
+                result.stderr
+    finally:
+        profile.unlink()
