@@ -423,8 +423,10 @@ class BoxManager:
                 full_env["__BOXD_PATH"] = settings.env["PATH"]
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
+            changed = 0.0 if as_root else await asyncio.to_thread(login_files_changed, home)
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=fds,
-                                   user=user, tty=tty, login_shell=login_shell)
+                                   user=user, tty=tty, login_shell=login_shell,
+                                   login_files_changed=changed)
             with self._podman_errors():
                 try:
                     return await self.sessions.spawn(request, caller_uid, caller_sender)
@@ -603,6 +605,21 @@ class BoxManager:
             for child in config_dir.iterdir():
                 child.unlink()
             config_dir.rmdir()
+
+
+# What login shells read at start, in the user's home (shared with the host).
+LOGIN_FILES = (".profile", ".bash_profile", ".bash_login", ".zprofile", ".zshenv", ".zlogin",
+               ".config/fish/config.fish")
+
+
+def login_files_changed(home: str) -> float:
+    """The latest change time of the user's login files (0 if none)."""
+    latest = 0.0
+    for name in LOGIN_FILES:
+        with contextlib.suppress(OSError):
+            info = os.stat(os.path.join(home, name))
+            latest = max(latest, info.st_mtime, info.st_ctime)
+    return latest
 
 
 def held_groups(mapped: tuple[int, ...], owner: Owner) -> tuple[tuple[str, int], ...]:

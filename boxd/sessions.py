@@ -108,6 +108,8 @@ class SpawnRequest:
     user: str                    # "uid:gid" inside the box
     tty: bool
     login_shell: bool = False
+    # When the user's login files last changed: warm launchers that read them before are stale.
+    login_files_changed: float = 0.0
 
 
 @dataclass
@@ -243,7 +245,7 @@ class SessionManager:
         if line is None:
             return "", None, None
         key = WarmKey(request.box, request.user, request.tty)
-        taken = self.warm.take(key)
+        taken = self.warm.take(key, request.login_files_changed)
         if taken is None:
             return "", None, key
         exec_id, stream = taken

@@ -17,6 +17,7 @@ import contextlib
 import re
 import secrets
 import struct
+import time
 from dataclasses import dataclass, field
 
 from boxd import log, podman
@@ -78,6 +79,8 @@ class WarmKey:
 class _Entry:
     exec_id: str
     stream: podman.ExecStream
+    # Wall-clock time of its start, before it read the user's login environment.
+    started: float = field(default_factory=time.time)
 
     @property
     def alive(self) -> bool:
@@ -110,8 +113,10 @@ class WarmPool:
         self._idle = idle_seconds
         self._kinds: dict[WarmKey, _Kind] = {}
 
-    def take(self, key: WarmKey) -> tuple[str, podman.ExecStream] | None:
-        """A started exec of this kind if one is ready; either way, keep this kind warm. Refills
+    def take(self, key: WarmKey, fresh_after: float = 0.0
+             ) -> tuple[str, podman.ExecStream] | None:
+        """A started exec of this kind if one is ready, and started after `fresh_after` (when
+        the user's login files last changed); either way, keep this kind warm. Refills
         wait for refill() (the session's end) unless none is left: podman holds the box's lock
         while it starts an exec, and a refill racing the session would delay its exit."""
         if self._size <= 0:
@@ -126,7 +131,7 @@ class WarmPool:
         taken = None
         while kind.entries and taken is None:
             entry = kind.entries.pop(0)
-            if entry.alive:
+            if entry.alive and entry.started > fresh_after:
                 taken = (entry.exec_id, entry.stream)
             else:
                 entry.close()
