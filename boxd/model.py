@@ -383,8 +383,8 @@ def host_rlimits(limits_file: str = "/proc/1/limits") -> list[dict[str, Any]]:
             soft, hard = resource.getrlimit(which)
             limits[kind] = (_UNLIMITED if soft < 0 else soft, _UNLIMITED if hard < 0 else hard)
     nofile_hard = min(_LOGIN_NOFILE[1], limits["nofile"][1])
-    return [{"type": "RLIMIT_NPROC", "soft": limits["nproc"][0], "hard": limits["nproc"][1]},
-            {"type": "RLIMIT_NOFILE", "soft": min(_LOGIN_NOFILE[0], nofile_hard),
+    return [{"type": "nproc", "soft": limits["nproc"][0], "hard": limits["nproc"][1]},
+            {"type": "nofile", "soft": min(_LOGIN_NOFILE[0], nofile_hard),
              "hard": nofile_hard}]
 
 

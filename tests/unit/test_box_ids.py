@@ -55,10 +55,10 @@ def test_host_limits_come_from_pid_1_and_a_login_open_file_limit(tmp_path):
                       "Max processes             96363        96363        processes\n"
                       "Max open files            1073741816   1073741816   files\n")
     assert host_rlimits(str(limits)) == [
-        {"type": "RLIMIT_NPROC", "soft": 96363, "hard": 96363},
-        {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 524288}]
+        {"type": "nproc", "soft": 96363, "hard": 96363},
+        {"type": "nofile", "soft": 1024, "hard": 524288}]
 
 
 def test_unreadable_limits_fall_back_to_boxds_own(tmp_path):
     kinds = [limit["type"] for limit in host_rlimits(str(tmp_path / "missing"))]
-    assert kinds == ["RLIMIT_NPROC", "RLIMIT_NOFILE"]
+    assert kinds == ["nproc", "nofile"]
