@@ -378,10 +378,13 @@ def host_rlimits(limits_file: str = "/proc/1/limits") -> list[dict[str, Any]]:
                                         _UNLIMITED if hard == "unlimited" else int(hard))
     except (OSError, ValueError):
         pass
+    # Never above boxd's own hard limits: podman's service was started the same way, and the
+    # runtime, inside the box's user namespace, may lower limits but not raise them.
     for kind, which in (("nproc", resource.RLIMIT_NPROC), ("nofile", resource.RLIMIT_NOFILE)):
-        if kind not in limits:
-            soft, hard = resource.getrlimit(which)
-            limits[kind] = (_UNLIMITED if soft < 0 else soft, _UNLIMITED if hard < 0 else hard)
+        _, own_hard = resource.getrlimit(which)
+        own_hard = _UNLIMITED if own_hard < 0 else own_hard
+        soft, hard = limits.get(kind, (own_hard, own_hard))
+        limits[kind] = (min(soft, own_hard), min(hard, own_hard))
     nofile_hard = min(_LOGIN_NOFILE[1], limits["nofile"][1])
     return [{"type": "nproc", "soft": limits["nproc"][0], "hard": limits["nproc"][1]},
             {"type": "nofile", "soft": min(_LOGIN_NOFILE[0], nofile_hard),
