@@ -220,10 +220,13 @@ class BoxManager:
                 id_range = self._subids.range_for(owner.uid) if self._subids else None
                 config_dir = self._prepare_state(name, settings,
                                                  id_range.host_start if id_range else owner.gid)
+                service = await asyncio.to_thread(self._podman.service_pid)
                 spec = container_spec(name=name, image=image, owner=owner, settings=settings,
                                       config_dir=config_dir, id_range=id_range,
                                       stop_timeout=self._config.stop_timeout,
-                                      extra_labels=self._config.extra_labels)
+                                      extra_labels=self._config.extra_labels,
+                                      runtime_limits_file=f"/proc/{service}/limits"
+                                      if service else None)
                 try:
                     await self._podman.create_container(spec)
                 except (podman.Conflict, podman.ApiError) as exc:

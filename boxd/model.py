@@ -312,7 +312,8 @@ def init_script_path() -> Path:
 
 def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings,
                    config_dir: Path, id_range: IdRange | None,
-                   stop_timeout: int, extra_labels: Mapping[str, str]) -> dict[str, Any]:
+                   stop_timeout: int, extra_labels: Mapping[str, str],
+                   runtime_limits_file: str | None = None) -> dict[str, Any]:
     """The libpod SpecGenerator JSON for a box: a pet container that shares the host."""
     home = settings.home or owner.home
     spec: dict[str, Any] = {
@@ -322,7 +323,7 @@ def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings
         "labels": {**extra_labels, LABEL_MANAGED: "true", LABEL_OWNER: str(owner.uid),
                    LABEL_VERSION: __version__},
         # The host's limits, as Toolbx's `--ulimit host` gives, not podman's service's.
-        "r_limits": host_rlimits(),
+        "r_limits": host_rlimits(runtime_limits_file=runtime_limits_file),
         "entrypoint": ["/bin/sh", INIT_PATH_IN_BOX],
         "command": [],
         # The entry point sets the box up as root (in the box); keep-id would default to the user.
@@ -363,13 +364,11 @@ _UNLIMITED = 2**64 - 1
 _LOGIN_NOFILE = (1024, 524288)
 
 
-def host_rlimits(limits_file: str = "/proc/1/limits") -> list[dict[str, Any]]:
-    """The limits a login on the host gets, in the OCI form, where podman's service would
-    otherwise give its own (Toolbx's `--ulimit host`): processes as PID 1 has them (every login
-    inherits them), open files as systemd gives a login session."""
+def _read_limits(path: str) -> dict[str, tuple[int, int]]:
+    """nproc and nofile (soft, hard) from a /proc/PID/limits file; {} if unreadable."""
     limits: dict[str, tuple[int, int]] = {}
     try:
-        with open(limits_file) as handle:
+        with open(path) as handle:
             for line in handle:
                 for label, kind in (("Max processes", "nproc"), ("Max open files", "nofile")):
                     if line.startswith(label + " "):
@@ -377,14 +376,26 @@ def host_rlimits(limits_file: str = "/proc/1/limits") -> list[dict[str, Any]]:
                         limits[kind] = (_UNLIMITED if soft == "unlimited" else int(soft),
                                         _UNLIMITED if hard == "unlimited" else int(hard))
     except (OSError, ValueError):
-        pass
-    # Never above boxd's own hard limits: podman's service was started the same way, and the
-    # runtime, inside the box's user namespace, may lower limits but not raise them.
+        return {}
+    return limits
+
+
+def host_rlimits(limits_file: str = "/proc/1/limits",
+                 runtime_limits_file: str | None = None) -> list[dict[str, Any]]:
+    """The limits a login on the host gets, in the OCI form, where podman's service would
+    otherwise give its own (Toolbx's `--ulimit host`): processes as PID 1 has them (every login
+    inherits them), open files as systemd gives a login session. Never above the hard limits of
+    podman's service (`runtime_limits_file`) or boxd's own: the runtime, inside the box's user
+    namespace, may lower limits but not raise them."""
+    host = _read_limits(limits_file)
+    runtime = _read_limits(runtime_limits_file) if runtime_limits_file else {}
+    limits: dict[str, tuple[int, int]] = {}
     for kind, which in (("nproc", resource.RLIMIT_NPROC), ("nofile", resource.RLIMIT_NOFILE)):
         _, own_hard = resource.getrlimit(which)
-        own_hard = _UNLIMITED if own_hard < 0 else own_hard
-        soft, hard = limits.get(kind, (own_hard, own_hard))
-        limits[kind] = (min(soft, own_hard), min(hard, own_hard))
+        ceiling = min(_UNLIMITED if own_hard < 0 else own_hard,
+                      runtime.get(kind, (0, _UNLIMITED))[1])
+        soft, hard = host.get(kind, (ceiling, ceiling))
+        limits[kind] = (min(soft, ceiling), min(hard, ceiling))
     nofile_hard = min(_LOGIN_NOFILE[1], limits["nofile"][1])
     return [{"type": "nproc", "soft": limits["nproc"][0], "hard": limits["nproc"][1]},
             {"type": "nofile", "soft": min(_LOGIN_NOFILE[0], nofile_hard),

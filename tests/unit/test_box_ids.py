@@ -67,3 +67,16 @@ def test_host_limits_come_from_pid_1_and_a_login_open_file_limit(tmp_path):
 def test_unreadable_limits_fall_back_to_boxds_own(tmp_path):
     kinds = [limit["type"] for limit in host_rlimits(str(tmp_path / "missing"))]
     assert kinds == ["nproc", "nofile"]
+
+
+def test_limits_stay_under_the_runtimes_hard_limits(tmp_path):
+    host = tmp_path / "host"
+    host.write_text("Max processes             96363        96363        processes\n"
+                    "Max open files            65536        65536        files\n")
+    runtime = tmp_path / "runtime"
+    runtime.write_text("Max processes             32768        32768        processes\n"
+                       "Max open files            20000        20000        files\n")
+    nproc, nofile = host_rlimits(str(host), str(runtime))
+    assert (nproc["soft"], nproc["hard"]) == (min(32768, resource.getrlimit(
+        resource.RLIMIT_NPROC)[1] % 2**64),) * 2
+    assert nofile["hard"] <= 20000 and nofile["soft"] <= 1024
