@@ -17,8 +17,12 @@ from boxd.paths import BUS_NAME
 PASSED_ENV = {"TERM", "COLORTERM", "LANG", "LANGUAGE", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
               "DBUS_SESSION_BUS_ADDRESS", "SSH_AUTH_SOCK", "PULSE_SERVER", "COLUMNS", "LINES",
               "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "VTE_VERSION", "DESKTOP_SESSION",
-              "KRB5CCNAME", "NO_COLOR", "EDITOR", "VISUAL", "PAGER"}
-PASSED_PREFIXES = ("LC_", "XDG_")
+              "KRB5CCNAME", "NO_COLOR", "EDITOR", "VISUAL", "PAGER",
+              # What Toolbx also passes: shell history settings, KDE's and xterm's own.
+              "HISTCONTROL", "HISTFILE", "HISTFILESIZE", "HISTIGNORE", "HISTSIZE",
+              "HISTTIMEFORMAT", "KDE_FULL_SESSION", "KDE_SESSION_VERSION", "XTERM_VERSION",
+              "XAUTHLOCALHOSTNAME"}
+PASSED_PREFIXES = ("LC_", "XDG_", "KONSOLE_")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # A session ends with this status when boxd goes away under it: hung up, as by a closed terminal.
 GONE_STATUS = 128 + signal.SIGHUP

@@ -24,9 +24,11 @@ from boxd.config import Config
 from boxd.exports import Export, Exports
 from boxd.model import (
     DENIED_ENV,
+    LABEL_GROUPS,
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_VERSION,
+    SYSTEM_BUS_IN_BOX,
     BoxSettings,
     Owner,
     Volume,
@@ -51,6 +53,7 @@ class BoxInfo:
     state: str          # running, starting, stopped, paused, removing, unknown
     created: int        # unix seconds
     boxd_version: str
+    groups: tuple[int, ...] = ()  # host gids mapped into the box (see model.LABEL_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _from_list_entry(entry: dict[str, Any]) -> BoxInfo:
                    image=entry.get("Image", ""), owner=int(labels.get(LABEL_OWNER, -1)),
                    state=_STATES.get(entry.get("State", ""), "unknown"),
                    created=_created(entry.get("Created")),
-                   boxd_version=labels.get(LABEL_VERSION, ""))
+                   boxd_version=labels.get(LABEL_VERSION, ""), groups=_groups(labels))
 
 
 def _from_inspect(data: dict[str, Any]) -> BoxInfo:
@@ -114,7 +117,11 @@ def _from_inspect(data: dict[str, Any]) -> BoxInfo:
                    image=data.get("ImageName", ""), owner=int(labels.get(LABEL_OWNER, -1)),
                    state=_STATES.get((data.get("State") or {}).get("Status", ""), "unknown"),
                    created=_created(data.get("Created")),
-                   boxd_version=labels.get(LABEL_VERSION, ""))
+                   boxd_version=labels.get(LABEL_VERSION, ""), groups=_groups(labels))
+
+
+def _groups(labels: dict[str, str]) -> tuple[int, ...]:
+    return tuple(int(g) for g in labels.get(LABEL_GROUPS, "").split(",") if g.isdigit())
 
 
 def _is_box(labels: dict[str, str] | None) -> bool:
@@ -218,10 +225,13 @@ class BoxManager:
                 id_range = self._subids.range_for(owner.uid) if self._subids else None
                 config_dir = self._prepare_state(name, settings,
                                                  id_range.host_start if id_range else owner.gid)
+                service = await asyncio.to_thread(self._podman.service_pid)
                 spec = container_spec(name=name, image=image, owner=owner, settings=settings,
                                       config_dir=config_dir, id_range=id_range,
                                       stop_timeout=self._config.stop_timeout,
-                                      extra_labels=self._config.extra_labels)
+                                      extra_labels=self._config.extra_labels,
+                                      runtime_limits_file=f"/proc/{service}/limits"
+                                      if service else None)
                 try:
                     await self._podman.create_container(spec)
                 except (podman.Conflict, podman.ApiError) as exc:
@@ -249,7 +259,7 @@ class BoxManager:
             owner = self._owner_lookup(box.owner)
             settings = self.settings(name)
             token = secrets.token_hex(8)
-            self._write_box_conf(name, owner, settings, token)
+            self._write_box_conf(name, owner, settings, token, held_groups(box.groups, owner))
             self._starting.add(name)
             self._set_state(name, "starting")
             try:
@@ -441,12 +451,21 @@ class BoxManager:
             if as_root:
                 user, home, login = "0:0", "/root", "root"
             else:
-                user, login = f"{owner.uid}:{owner.gid}", owner.user
-            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login, **env}
+                # The uid alone: podman then adds the groups the box's /etc/group gives the
+                # user (the entry point puts the owner's host groups there); "uid:gid" gets none.
+                user, login = str(owner.uid), owner.user
+            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login,
+                        # The host's system bus, as Toolbx gives it (the entry point also links
+                        # /run/dbus/system_bus_socket there).
+                        "DBUS_SYSTEM_BUS_ADDRESS": SYSTEM_BUS_IN_BOX, **env}
+            if "PATH" in settings.env:  # the box's own PATH beats the login profile's
+                full_env["__BOXD_PATH"] = settings.env["PATH"]
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
+            changed = 0.0 if as_root else await asyncio.to_thread(login_files_changed, home)
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=fds,
-                                   user=user, tty=tty, login_shell=login_shell)
+                                   user=user, tty=tty, login_shell=login_shell,
+                                   login_files_changed=changed)
             with self._podman_errors():
                 try:
                     return await self.sessions.spawn(request, caller_uid, caller_sender)
@@ -625,12 +644,13 @@ class BoxManager:
     def _write_settings(self, name: str, settings: BoxSettings) -> None:
         _atomic_write(self._settings_path(name), json.dumps(settings.to_json()), 0o600)
 
-    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str) -> None:
+    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str,
+                        groups: tuple[tuple[str, int], ...] = ()) -> None:
         config_dir = self._config_dir(name)
         if not config_dir.is_dir():
             raise errors.StartFailed(f"box {name!r} has no config at {config_dir}; re-create it")
         text = boxconf.render(name=name, hostname=box_hostname(name, settings), owner=owner,
-                              settings=settings, token=token)
+                              settings=settings, token=token, groups=groups)
         _atomic_write(config_dir / "box.conf", text, 0o640, gid=config_dir.stat().st_gid)
 
     def _drop_state(self, name: str) -> None:
@@ -641,6 +661,34 @@ class BoxManager:
             for child in config_dir.iterdir():
                 child.unlink()
             config_dir.rmdir()
+
+
+# What login shells read at start, in the user's home (shared with the host).
+LOGIN_FILES = (".profile", ".bash_profile", ".bash_login", ".zprofile", ".zshenv", ".zlogin",
+               ".config/fish/config.fish")
+
+
+def login_files_changed(home: str) -> float:
+    """The latest change time of the user's login files (0 if none)."""
+    latest = 0.0
+    for name in LOGIN_FILES:
+        with contextlib.suppress(OSError):
+            info = os.stat(os.path.join(home, name))
+            latest = max(latest, info.st_mtime, info.st_ctime)
+    return latest
+
+
+def held_groups(mapped: tuple[int, ...], owner: Owner) -> tuple[tuple[str, int], ...]:
+    """The owner's host groups that the box maps, as (name, gid) for the entry point. A mapped
+    group the owner has left since the box was created would stay usable by root in the box:
+    the box must be re-created instead."""
+    current = dict((gid, name) for name, gid in owner.groups)
+    left = [gid for gid in mapped if gid not in current]
+    if left:
+        raise errors.StartFailed(
+            f"{owner.user} is no longer in host group(s) {', '.join(map(str, left))}, which this "
+            "box maps; re-create the box (boxctl rm, then boxctl create)")
+    return tuple((current[gid], gid) for gid in mapped)
 
 
 def _atomic_write(path: Path, text: str, mode: int, gid: int | None = None) -> None:

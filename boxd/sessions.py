@@ -33,7 +33,29 @@ _log = log.get("boxd.sessions")
 # Arguments: DIR "ROWS COLS"|"" --login-shell|-- ARGV...  (split without IFS: the caller sets env)
 # (podman 4.3 applies an exec's starting size only after the process has started, so a command
 # that asks at once could see 0x0 or 24x80; setting it here first closes that race.)
-TRAMPOLINE = r"""
+# The environment the user's login shell sets up (~/.profile, ~/.bash_profile: PATH additions
+# such as ~/.cargo/bin), printed as `export` lines for eval, as Toolbx runs commands through the
+# login shell. The profile's own output is cut off at a marker; one that hangs gives up after 5 s.
+# Warm launchers run this before saying ready, so it costs a warm run nothing.
+LOGIN_ENV = r"""
+__boxd_login_env() {
+    __boxd_shell=$(awk -F: -v u="$(id -u)" '$3 == u { print $7; exit }' /etc/passwd 2>/dev/null)
+    [ -x "${__boxd_shell:-/nonexistent}" ] || return 0
+    __boxd_t=
+    ! command -v timeout >/dev/null 2>&1 || __boxd_t="timeout 5"
+    __boxd_out=$(cd "${HOME:-/}" 2>/dev/null; $__boxd_t "$__boxd_shell" -l -c \
+        'printf "\n%s\n" __boxd_env__; exec /bin/sh -c "export -p"' </dev/null 2>/dev/null)
+    case $__boxd_out in
+    *"
+__boxd_env__
+"*) printf '%s\n' "${__boxd_out#*
+__boxd_env__
+}" ;;
+    esac
+}
+"""
+
+TRAMPOLINE = LOGIN_ENV + r"""
 cd "$1" 2>/dev/null || {
     printf 'boxd: %s does not exist in this box; starting in %s\n' "$1" "${HOME:-/}" >&2
     cd "${HOME:-/}" 2>/dev/null || cd /
@@ -47,6 +69,28 @@ if [ "$1" = --login-shell ]; then
     exec "$shell" -l
 fi
 shift
+# The login environment under the caller's own (which wins), but with the login's PATH unless
+# the box's settings name one (__BOXD_PATH).
+[ -n "${__boxd_login+x}" ] || __boxd_login=$(__boxd_login_env)
+if [ -n "$__boxd_login" ]; then
+    __boxd_mine=$(export -p)
+    eval "$__boxd_login"
+    __boxd_path=$PATH
+    eval "$__boxd_mine"
+    PATH=${__BOXD_PATH:-$__boxd_path}
+fi
+unset __boxd_login __boxd_mine __boxd_path __boxd_shell __boxd_out __boxd_t __BOXD_PATH
+# What a shell would say (and its status), not sh's own words with this script's name and line.
+case $1 in
+*/*)
+    if [ -d "$1" ]; then printf '%s: Is a directory\n' "$1" >&2; exit 126; fi
+    if [ ! -e "$1" ]; then printf '%s: No such file or directory\n' "$1" >&2; exit 127; fi
+    if [ ! -x "$1" ]; then printf '%s: Permission denied\n' "$1" >&2; exit 126; fi
+    ;;
+*)
+    command -v "$1" >/dev/null 2>&1 || { printf '%s: command not found\n' "$1" >&2; exit 127; }
+    ;;
+esac
 exec "$@"
 """
 
@@ -71,6 +115,8 @@ class SpawnRequest:
     user: str                    # "uid:gid" inside the box
     tty: bool
     login_shell: bool = False
+    # When the user's login files last changed: warm launchers that read them before are stale.
+    login_files_changed: float = 0.0
 
 
 @dataclass
@@ -152,7 +198,7 @@ class SessionManager:
                  warm_idle_seconds: float = 600.0) -> None:
         self._podman = client
         self._max_per_user = max_per_user
-        self.warm = WarmPool(client, TRAMPOLINE, warm_size, warm_idle_seconds)
+        self.warm = WarmPool(client, TRAMPOLINE, warm_size, warm_idle_seconds, prelude=LOGIN_ENV)
         self._sessions: dict[str, Session] = {}
         # A previous boxd's execs being ended (exec id -> box owner), and those tasks.
         self._leftovers: dict[str, int] = {}
@@ -290,7 +336,7 @@ class SessionManager:
         if line is None:
             return "", None, None
         key = WarmKey(request.box, request.user, request.tty)
-        taken = self.warm.take(key)
+        taken = self.warm.take(key, request.login_files_changed)
         if taken is None:
             return "", None, key
         exec_id, stream = taken

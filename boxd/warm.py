@@ -17,6 +17,7 @@ import contextlib
 import re
 import secrets
 import struct
+import time
 from dataclasses import dataclass, field
 
 from boxd import log, podman
@@ -30,6 +31,7 @@ LAUNCHER = r"""
 if [ -t 0 ]; then
     __boxd_tty=$(stty -g 2>/dev/null) && stty raw -echo 2>/dev/null || exit 0
 fi
+! command -v __boxd_login_env >/dev/null 2>&1 || __boxd_login=$(__boxd_login_env)
 printf '%s' "$1"
 IFS= read -r __boxd_request || exit 0
 [ -z "${__boxd_tty:-}" ] || stty "$__boxd_tty"
@@ -79,6 +81,8 @@ class WarmKey:
 class _Entry:
     exec_id: str
     stream: podman.ExecStream
+    # Wall-clock time of its start, before it read the user's login environment.
+    started: float = field(default_factory=time.time)
 
     @property
     def alive(self) -> bool:
@@ -102,16 +106,20 @@ class _Kind:
 
 class WarmPool:
     def __init__(self, client: podman.PodmanClient, script: str, size: int,
-                 idle_seconds: float) -> None:
+                 idle_seconds: float, prelude: str = "") -> None:
+        """`script` runs once a request came; `prelude` is sh defined before the launcher waits
+        (a `__boxd_login_env` function there is run ahead, see sessions.LOGIN_ENV)."""
         self._podman = client
-        self._script = LAUNCHER + script
+        self._script = prelude + LAUNCHER + script
         self._size = size
         self._idle = idle_seconds
         self._kinds: dict[WarmKey, _Kind] = {}
         self._starting: set[str] = set()
 
-    def take(self, key: WarmKey) -> tuple[str, podman.ExecStream] | None:
-        """A started exec of this kind if one is ready; either way, keep this kind warm. Refills
+    def take(self, key: WarmKey, fresh_after: float = 0.0
+             ) -> tuple[str, podman.ExecStream] | None:
+        """A started exec of this kind if one is ready, and started after `fresh_after` (when
+        the user's login files last changed); either way, keep this kind warm. Refills
         wait for refill() (the session's end) unless none is left: podman holds the box's lock
         while it starts an exec, and a refill racing the session would delay its exit."""
         if self._size <= 0:
@@ -126,7 +134,7 @@ class WarmPool:
         taken = None
         while kind.entries and taken is None:
             entry = kind.entries.pop(0)
-            if entry.alive:
+            if entry.alive and entry.started > fresh_after:
                 taken = (entry.exec_id, entry.stream)
             else:
                 entry.close()
