@@ -144,10 +144,11 @@ def run_in_box(client: BoxdClient, name: str, command: list[str], allow_tty: boo
     body = (cwd, [a.encode("utf-8", "surrogateescape") for a in command],
             {target: target for target in fds}, caller_env(), options)
 
-    # A stopped box starts first, in view: its first start may install packages for minutes.
+    # A stopped box starts first, in view on a terminal: its first start may install packages
+    # for minutes. A script that captures stderr gets only the command's own (as with Toolbx).
     from boxd.pull import start_box
 
-    start_box(client, name, quiet=quiet)
+    start_box(client, name, quiet=quiet or not sys.stderr.isatty())
     forwarder = _Forwarder(client)
     # In a terminal, ctrl-c travels as a byte to the box's own terminal; otherwise it is boxctl
     # that gets SIGINT and passes it on.
