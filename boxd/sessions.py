@@ -21,7 +21,7 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from boxd import errors, log, podman
+from boxd import errors, log, memory, podman
 from boxd.fdio import FdStream
 from boxd.warm import WarmKey, WarmPool, request_line
 
@@ -138,6 +138,7 @@ class SessionManager:
 
     def forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        memory.trim_soon()  # its buffers are free: give them back once the burst is over
 
     def of_sender(self, sender: str) -> list[Session]:
         return [s for s in self._sessions.values() if s.caller_sender == sender]
