@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dbus_next import BusType, Message, NameFlag, RequestNameReply
 
-from boxd import __version__, config, errors, log, podman
+from boxd import __version__, config, errors, log, memory, podman
 from boxd.authz import Authorizer
 from boxd.bus.dispatch import BoxdBus, Dispatcher
 from boxd.bus.service import BoxdService
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"boxd: {exc.message}", file=sys.stderr)
         sys.exit(2)
     log.configure(cfg.log_format, cfg.log_level)
+    memory.configure()
     sys.exit(asyncio.run(serve(cfg)))
 
 

@@ -22,7 +22,7 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from boxd import errors, log, podman
+from boxd import errors, log, memory, podman
 from boxd.fdio import FdStream
 from boxd.warm import WARM_NAME, WarmKey, WarmPool, request_line
 
@@ -209,6 +209,7 @@ class SessionManager:
 
     def forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        memory.trim_soon()  # its buffers are free: give them back once the burst is over
 
     def of_sender(self, sender: str) -> list[Session]:
         return [s for s in self._sessions.values() if s.caller_sender == sender]

@@ -386,6 +386,9 @@ class BoxdService:
         self.manager_interface = ManagerInterface(self)
         self._boxes: dict[str, BoxInterface] = {}
         self._sessions: dict[str, SessionInterface] = {}
+        # A finished session's linger timer: cancelled when Wait() collects it sooner, so that
+        # the timer does not keep the session (and what it holds) for SESSION_LINGER seconds.
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._jobs: dict[str, JobInterface] = {}
         self.jobs = jobs
         jobs.observer = self  # type: ignore[assignment]
@@ -495,13 +498,17 @@ class BoxdService:
             message_type=MessageType.SIGNAL, destination=session.caller_sender,
             path=SESSION_PATH_PREFIX + session.id, interface=SESSION_INTERFACE,
             member="Exited", signature="i", body=[session.exit_status]))
-        asyncio.get_running_loop().call_later(SESSION_LINGER, self.session_collected, session)
+        self._lingering[session.id] = asyncio.get_running_loop().call_later(
+            SESSION_LINGER, self.session_collected, session)
 
     def session_collected(self, session: Session) -> None:
         interface = self._sessions.pop(session.id, None)
         if interface is not None and not session.running:
             self.dispatcher.unexport(SESSION_PATH_PREFIX + session.id, interface)
             self.manager.sessions.forget(session)
+            linger = self._lingering.pop(session.id, None)
+            if linger is not None:
+                linger.cancel()
         elif interface is not None:
             self._sessions[session.id] = interface
 
