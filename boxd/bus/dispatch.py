@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -43,9 +44,21 @@ def current_caller() -> Caller:
 
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
+PEER = "org.freedesktop.DBus.Peer"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 # An extra handler: (caller, message) -> (reply signature, reply body)
 Handler = Callable[[Caller, Message], Awaitable[tuple[str, list[Any]]]]
+
+
+@functools.cache
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as handle:
+                return handle.read(64).strip()
+        except OSError:
+            continue
+    return ""
 
 
 class Dispatcher:
@@ -107,11 +120,18 @@ class Dispatcher:
         if msg.message_type != MessageType.METHOD_CALL:
             return False
         interface_name = msg.interface or ""
+        if interface_name == PEER:
+            self._reply(msg, self._peer(msg))  # dbus-next's GetMachineId can leave it unanswered
+            return True
         extra = self._extra.get((interface_name, msg.member))
         if extra is not None:
             self._start(self._serve_extra(msg, extra))
             return True
-        if interface_name == PROPERTIES and msg.path in self._paths:
+        if interface_name == PROPERTIES:
+            if msg.path not in self._paths:  # dbus-next's answer logs a traceback
+                self._reply(msg, Message.new_error(msg, ERROR_PREFIX + "NotFound",
+                                                   describe_missing(msg.path)))
+                return True
             self._start(self._serve_properties(msg))
             return True
         if not interface_name.startswith(self._prefix):
@@ -135,6 +155,14 @@ class Dispatcher:
             return True
         self._start(self._serve(msg, interface, method))
         return True
+
+    def _peer(self, msg: Message) -> Message:
+        if msg.member == "Ping" and msg.signature == "":
+            return Message.new_method_return(msg)
+        if msg.member == "GetMachineId" and msg.signature == "":
+            return Message.new_method_return(msg, "s", [_machine_id()])
+        return Message.new_error(msg, ERROR_PREFIX + "UnknownMethod",
+                                 f"{PEER} has no method {msg.member}({msg.signature})")
 
     def _start(self, coro: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

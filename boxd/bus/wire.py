@@ -30,6 +30,11 @@ from dbus_next._private.unmarshaller import (
     Unmarshaller,
 )
 from dbus_next.aio import MessageBus
+from dbus_next.aio.message_bus import (
+    _future_set_exception,
+    _future_set_result,
+    _MessageWriter,
+)
 from dbus_next.errors import InvalidMessageError
 from dbus_next.service import ServiceInterface
 from dbus_next.signature import SignatureTree, Variant
@@ -277,11 +282,49 @@ def reply_body(result: Any, method: Any) -> tuple[list[Any], list[int]]:
     return ServiceInterface._fn_result_to_body(result, method.out_signature_tree)
 
 
+class _PatientWriter(_MessageWriter):
+    """dbus-next's writer, but a full socket (EAGAIN) means "wait until it is writable", not
+    "the connection is lost": a flood of replies must not cut boxd off the bus."""
+
+    def write_callback(self) -> None:
+        try:
+            while True:
+                if self.buf is None:
+                    if self.messages.qsize() == 0:
+                        self.loop.remove_writer(self.fd)
+                        return
+                    buf, unix_fds, fut = self.messages.get_nowait()
+                    self.unix_fds = unix_fds
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                    self.fut = fut
+                if self.unix_fds and self.negotiate_unix_fd:
+                    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", self.unix_fds))]
+                    self.offset += self.sock.sendmsg([self.buf[self.offset:]], ancdata)
+                    self.unix_fds = None
+                else:
+                    self.offset += self.sock.send(self.buf[self.offset:])
+                if self.offset < len(self.buf):
+                    return  # the rest when the socket is writable again
+                self.buf = None
+                _future_set_result(self.fut, None)
+        except BlockingIOError:
+            return  # still registered as the socket's writer: called again once it drains
+        except Exception as exc:
+            _future_set_exception(self.fut, exc)
+            self.bus._finalize(exc)
+
+
 class BoxdBus(MessageBus):
-    """dbus-next's bus with BoundedUnmarshaller. dbus-next also announces every exported object
-    to the whole bus (and from the object's own path, not the ObjectManager's); boxd sends its
-    own ObjectManager signals, and only to those who may see the object, so dbus-next's are
-    switched off."""
+    """dbus-next's bus with BoundedUnmarshaller and a writer that waits out a full socket.
+    dbus-next also announces every exported object to the whole bus (and from the object's
+    own path, not the ObjectManager's); boxd sends its own ObjectManager signals, and only to
+    those who may see the object, so dbus-next's are switched off."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writer = _PatientWriter(self)
 
     def _create_unmarshaller(self) -> BoundedUnmarshaller:
         return BoundedUnmarshaller(self._stream, self._sock if self._negotiate_unix_fd else None)
