@@ -53,16 +53,19 @@ def fd_paths(fd, box_path):
         ("wrong signature", _call(MANAGER, MI, "ListBoxes", "h", [0], fds=one)),
         ("unknown object", _call(MANAGER + "/box/nope", BI, "Start", "h", [0], fds=one)),
         ("unknown method", _call(MANAGER, MI, "Nope", "h", [0], fds=one)),
-        ("not boxd's interface", _call(MANAGER, "org.example.Nope", "X", "h", [0], fds=one)),
+        ("not boxd's interface (the bus refuses)",
+         _call(MANAGER, "org.example.Nope", "X", "h", [0], fds=one)),
         ("Properties.Get", _call(MANAGER, PROPS, "Get", "ss", [MI, "Version"], fds=one)),
         ("Properties.GetAll", _call(MANAGER, PROPS, "GetAll", "s", [MI], fds=one)),
-        ("Properties.Set", _call(MANAGER, PROPS, "Set", "ssv", [MI, "Version", Variant("h", 0)],
-                                 fds=one)),
+        ("Properties.Set (the bus refuses)",
+         _call(MANAGER, PROPS, "Set", "ssv", [MI, "Version", Variant("h", 0)], fds=one)),
         ("Properties elsewhere", _call("/nope", PROPS, "Get", "ss", [MI, "Version"], fds=one)),
         ("Introspect", _call(MANAGER, "org.freedesktop.DBus.Introspectable", "Introspect",
                              fds=one)),
         ("Introspect /", _call("/", "org.freedesktop.DBus.Introspectable", "Introspect",
                                fds=one)),
+        ("Introspect, wrong signature", _call(MANAGER, "org.freedesktop.DBus.Introspectable",
+                                              "Introspect", "h", [0], fds=one)),
         ("Peer.Ping", _call("/", "org.freedesktop.DBus.Peer", "Ping", fds=one)),
         ("Peer.GetMachineId", _call("/", "org.freedesktop.DBus.Peer", "GetMachineId",
                                     fds=one)),
@@ -113,8 +116,11 @@ async def fds(address, count, box_path=""):
         async with slots:
             await _send(bus, msg, replies)
 
-    messages = [paths[i % len(paths)][1] for i in range(count)]
-    await asyncio.gather(*(one(m) for m in messages))
+    # A Message is sent once (dbus-next numbers it as it goes): a fresh round each time.
+    messages = []
+    while len(messages) < count:
+        messages += [msg for _, msg in fd_paths(read_end, box_path)]
+    await asyncio.gather(*(one(m) for m in messages[:count]))
     # Messages are handled in order: once this is answered, every one before it was read.
     await bus.call(_call("/", "org.freedesktop.DBus.Peer", "Ping"))
     print(json.dumps({"sent": count, "paths": [label for label, _ in paths],
@@ -124,7 +130,7 @@ async def fds(address, count, box_path=""):
 
 def flood_messages():
     """The largest message the bus takes and the largest boxd reads, to every method."""
-    huge = b"\0" * BUS_MAX
+    huge = bytes(BUS_MAX)
     largest_read = "x" * (BOXD_MAX - 64)
     targets = [(MANAGER, MI, m) for m in ("CreateBox", "GetBox", "ListBoxes", "PullImage",
                                           "Apply", "BuildDefaultImage", "RemoveImage",
@@ -146,14 +152,15 @@ async def flood(address, seconds):
     async def connection():
         nonlocal announced
         bus = await MessageBus(bus_address=address).connect()
-        messages = list(flood_messages())
-        i = 0
+        messages = flood_messages()
 
         async def sender():
-            nonlocal announced, i
+            nonlocal announced, messages
             while time.monotonic() < deadline:
-                msg = messages[i % len(messages)]
-                i += 1
+                msg = next(messages, None)
+                if msg is None:  # a Message is sent once: a fresh round
+                    messages = flood_messages()
+                    continue
                 sent["messages"] += 1
                 sent["bytes"] += len(msg.body[0])
                 if not announced:
