@@ -8,7 +8,7 @@ as real unprivileged users with runuser). It needs dbus-next and boxd's wire mod
         values). Prints {"sent": N, "replies": {reply or error name: count}}.
     python - ADDRESS flood SECONDS < hostile.py
         The largest messages the bus takes (and the largest boxd decodes), to every method,
-        from two connections, several in flight, for SECONDS. Prints "flooding" once the first
+        from two connections, two in flight on each, for SECONDS. Prints "flooding" once the first
         is sent, then {"sent": N, "bytes": B, "replies": {...}}.
     python - ADDRESS probe COUNT < hostile.py
         COUNT ListBoxes calls one after another (a pause between); prints their latencies.
@@ -168,7 +168,7 @@ async def flood(address, seconds):
                     print("flooding", flush=True)
                 await _send(bus, msg, replies)
 
-        await asyncio.gather(*(sender() for _ in range(4)))
+        await asyncio.gather(*(sender() for _ in range(2)))
         bus.disconnect()
 
     await asyncio.gather(connection(), connection())
