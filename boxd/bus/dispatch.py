@@ -30,8 +30,10 @@ from boxd.bus.wire import RejectedMessage, close_fds
 from boxd.paths import describe_missing
 
 ERROR_PREFIX = "io.github.boxd1.Error."
-# Calls of one user being served at once; past it, more are refused, not queued.
+# Calls of one user being served at once; past it, more are refused, not queued. Waiting for a
+# session's end is no work (and a user may have more sessions than this), so it is not counted.
 MAX_CALLS_PER_USER = 128
+UNCOUNTED = {("io.github.boxd1.Session", "Wait")}
 _log = log.get("boxd.bus")
 
 
@@ -222,11 +224,13 @@ class Dispatcher:
         outcome: dict[str, Any] = {}
         uid: int | None = None
         try:
-            uid = (await self._caller(msg)).uid
-            self._calls[uid] += 1
-            if self._calls[uid] > MAX_CALLS_PER_USER:
-                raise errors.TooManyCalls(
-                    f"you have {MAX_CALLS_PER_USER} calls to boxd under way; wait for them")
+            who = await self._caller(msg)
+            if (msg.interface, msg.member) not in UNCOUNTED:
+                uid = who.uid
+                self._calls[uid] += 1
+                if self._calls[uid] > MAX_CALLS_PER_USER:
+                    raise errors.TooManyCalls(
+                        f"you have {MAX_CALLS_PER_USER} calls to boxd under way; wait for them")
             reply = await run()
         except errors.BoxdError as exc:
             reply = Message.new_error(msg, ERROR_PREFIX + exc.code, exc.message)
