@@ -102,7 +102,7 @@ class Dispatcher:
     def _on_message(self, msg: Message) -> bool:
         """Every message boxd receives passes here first, and its fds are closed here, on
         every path: at once, or when the task serving the call ends (a method that keeps an fd
-        dups it). dbus-next's own answers (Peer, Introspect) never use fds."""
+        dups it). dbus-next's own answers (Introspect) never use fds."""
         self._handed_off = None
         try:
             return self._route(msg)
