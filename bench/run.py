@@ -196,6 +196,7 @@ class Bench:
         self.distrobox = Distrobox(self.user)
         self.results: list[Result] = []
         self.notes: list[str] = []
+        self.baselines = True  # set up Toolbx and Distrobox (groups that compare need them)
 
     # -- set-up --------------------------------------------------------------------------------
     def up(self) -> None:
@@ -208,6 +209,9 @@ class Bench:
         self.daemon.start()
         self.boxctl("create", BOX)
         self.boxctl("start", BOX)
+        if not self.baselines:
+            self.distrobox.reason = "not needed by the groups run"
+            return
         if shutil.which("toolbox"):
             self.run(["toolbox", "create", "--image", bed.DEBIAN_IMAGE, "-c", TOOLBOX])
             self.run(["toolbox", "run", "-c", TOOLBOX, "true"])
@@ -591,6 +595,57 @@ class Bench:
             except (subprocess.CalledProcessError, ValueError, OSError):
                 continue  # gone already
 
+    def hostile(self, calls: int = 5000, flood_seconds: float = 20) -> None:
+        """Issue 11's hostile user (tests/bed/hostile.py, as a second unprivileged user): the
+        daemon's open fds before and after `calls` fd-carrying calls down every path; the bench
+        user's ListBoxes latency while the hostile user sends the largest messages the bus
+        takes to every method; the longest event-loop stall the daemon logged meanwhile."""
+        enemy = bed.ensure_user("boxd-bench-hostile", 2202, groups=("boxd",))
+        script = (REPO / "tests" / "bed" / "hostile.py").read_bytes()
+
+        def argv(user: dict, *args: str) -> list[str]:
+            return ["runuser", "-u", str(user["name"]), "--", sys.executable, "-",
+                    self.bus.address, *args]
+
+        def fds() -> int:
+            return len(os.listdir(f"/proc/{self.daemon.proc.pid}/fd"))
+
+        stalls_before = len(self.daemon.log_events("loop_stall"))
+        self.run(argv(enemy, "fds", "300"), input=script)  # warm-up: polkit, caches
+        before = fds()
+        started = time.perf_counter()
+        self.run(argv(enemy, "fds", str(calls)), input=script)
+        elapsed = time.perf_counter() - started
+        deadline = time.monotonic() + 60
+        while fds() > before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.footprint.append((f"daemon open fds before / after {calls} fd-carrying calls "
+                               f"down every path ({elapsed:.1f} s)", f"{before} / {fds()}"))
+        flood = subprocess.Popen(argv(enemy, "flood", str(flood_seconds)), env=self.env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/")
+        try:
+            flood.stdin.write(script)
+            flood.stdin.close()
+            if flood.stdout.readline() != b"flooding\n":
+                raise RuntimeError("the hostile flood did not start")
+            time.sleep(1)
+            probe = self.run(argv(self.user, "probe", "60"), input=script)
+            flooded = json.loads(flood.stdout.read().splitlines()[-1])
+            flood.wait(60)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        latencies = json.loads(probe.stdout.splitlines()[-1])["latencies"]
+        self.results.append(Result("ListBoxes while another user floods", "boxd", "s",
+                                   latencies))
+        self.footprint.append(("hostile flood: messages / MiB sent to boxd",
+                               f"{flooded['sent']} / {flooded['bytes'] / 2**20:.0f}"))
+        stalls = [e["stall_ms"] for e in self.daemon.log_events("loop_stall")[stalls_before:]]
+        self.footprint.append(("longest event-loop stall while hostile input flows",
+                               f"{max(stalls):.0f} ms ({len(stalls)} over 50 ms)" if stalls
+                               else "none over 50 ms"))
+
     # -- report --------------------------------------------------------------------------------
     def table(self) -> str:
         lines = ["| benchmark | tool | median | p95 | vs podman exec |",
@@ -698,7 +753,7 @@ def _fmt(value: float, unit: str) -> str:
 # In the order a full run takes them.
 GROUPS = {"warm": "warm_run", "stream": "stream", "cold": "cold_run",
           "create": "create_and_start", "concurrent": "concurrent", "keystroke": "keystroke",
-          "footprint": "daemon_footprint"}
+          "footprint": "daemon_footprint", "hostile": "hostile"}
 
 
 def main() -> None:
@@ -712,6 +767,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = Bench(args.rounds, args.stream_mib)
     groups = args.only or (["warm", "stream"] if args.quick else list(GROUPS))
+    bench.baselines = not set(groups) <= {"hostile"}
     try:
         bench.up()
         for group in groups:

@@ -14,9 +14,11 @@ from dbus_next import BusType, Message, NameFlag, RequestNameReply
 
 from boxd import __version__, config, errors, log, memory, podman
 from boxd.authz import Authorizer
-from boxd.bus.dispatch import BoxdBus, Dispatcher
+from boxd.bus.dispatch import Dispatcher
 from boxd.bus.service import BoxdService
+from boxd.bus.wire import BoxdBus
 from boxd.jobs import JobManager
+from boxd.loopwatch import LoopWatch
 from boxd.manager import BoxManager
 from boxd.paths import BUS_NAME
 from boxd.polkit import Polkit
@@ -95,6 +97,8 @@ async def serve(cfg: config.Config) -> int:
         return 1
     _log.info("ready", name=BUS_NAME, mode=cfg.mode, podman=cfg.podman_socket,
               version=__version__)
+    watch = LoopWatch()
+    watch.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,6 +106,7 @@ async def serve(cfg: config.Config) -> int:
     disconnected = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait([asyncio.create_task(stop.wait()), disconnected, follower],
                        return_when=asyncio.FIRST_COMPLETED)
+    watch.stop()
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await follower
