@@ -18,6 +18,7 @@ endless distinct signatures would grow it forever, so it is emptied past SIGNATU
 from __future__ import annotations
 
 import array
+import asyncio
 import os
 import socket
 from typing import Any
@@ -322,9 +323,19 @@ class BoxdBus(MessageBus):
     own path, not the ObjectManager's); boxd sends its own ObjectManager signals, and only to
     those who may see the object, so dbus-next's are switched off."""
 
+    # dbus-daemon lets one connection await at most 128 replies (max_replies_per_connection)
+    # and answers the next call LimitsExceeded: under a burst of new callers, boxd's own polkit
+    # and credential calls wait here instead of failing.
+    MAX_PENDING_CALLS = 96
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._writer = _PatientWriter(self)
+        self._pending_calls = asyncio.Semaphore(self.MAX_PENDING_CALLS)
+
+    async def call(self, msg: Message) -> Message | None:  # type: ignore[override]
+        async with self._pending_calls:
+            return await super().call(msg)
 
     def _create_unmarshaller(self) -> BoundedUnmarshaller:
         return BoundedUnmarshaller(self._stream, self._sock if self._negotiate_unix_fd else None)

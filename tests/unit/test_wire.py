@@ -181,3 +181,32 @@ async def test_the_private_parts_of_dbus_next_boxd_relies_on(tmp_path):
         assert isinstance(bus._create_unmarshaller(), wire.BoundedUnmarshaller)
         assert bus._create_unmarshaller().sock is bus._sock
         bus._sock.close()
+
+
+async def test_boxds_own_calls_wait_their_turn_under_the_bus_reply_limit():
+    """No more than MAX_PENDING_CALLS of boxd's calls await replies at once."""
+    import asyncio
+
+    from dbus_next.aio import MessageBus
+
+    from boxd.bus.wire import BoxdBus
+
+    bus = BoxdBus.__new__(BoxdBus)
+    bus._pending_calls = asyncio.Semaphore(3)
+    in_flight = peak = 0
+
+    async def fake_call(self, msg):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return msg
+
+    original = MessageBus.call
+    MessageBus.call = fake_call
+    try:
+        await asyncio.gather(*(bus.call(i) for i in range(20)))
+    finally:
+        MessageBus.call = original
+    assert peak == 3
