@@ -55,5 +55,10 @@ class LimitReached(BoxdError):
     code = "LimitReached"
 
 
+class IdCollision(BoxdError):
+    """A box owner's host id range would share ids with a host user, group or subid range."""
+    code = "IdCollision"
+
+
 class ConfigError(BoxdError):
     code = "ConfigError"

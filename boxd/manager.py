@@ -27,6 +27,7 @@ from boxd.model import (
     LABEL_OWNER,
     LABEL_VERSION,
     BoxSettings,
+    IdRange,
     Owner,
     Volume,
     box_hostname,
@@ -209,7 +210,7 @@ class BoxManager:
                 if not await self._podman.image_exists(image):
                     raise errors.ImageNotFound(
                         f"image {image} is not on this host; pull it or build the default image")
-                id_range = self._subids.range_for(owner.uid) if self._subids else None
+                id_range = await self._id_range(owner)
                 config_dir = self._prepare_state(name, settings,
                                                  id_range.host_start if id_range else owner.gid)
                 spec = container_spec(name=name, image=image, owner=owner, settings=settings,
@@ -241,6 +242,7 @@ class BoxManager:
             if box.state == "running":
                 return box
             owner = self._owner_lookup(box.owner)
+            await self._id_range(owner)  # refused if the owner's ids now collide with the host's
             settings = self.settings(name)
             token = secrets.token_hex(8)
             self._write_box_conf(name, owner, settings, token)
@@ -549,6 +551,13 @@ class BoxManager:
             raise errors.NotFound(exc.message) from None
         except podman.ApiError as exc:
             raise errors.BoxdError(f"podman refused: {exc.message}") from None
+
+    async def _id_range(self, owner: Owner) -> IdRange | None:
+        """The owner's host id range (boxd/subids.py), checked against NSS and /etc/sub[ug]id
+        in a thread: NSS may ask a directory server."""
+        if self._subids is None:
+            return None
+        return await asyncio.to_thread(self._subids.range_for, owner)
 
     # -- state files: boxd/state.py ------------------------------------------------------------
     def _config_dir(self, name: str) -> Path:
