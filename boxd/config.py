@@ -71,10 +71,6 @@ class Config:
         if not os.path.isabs(self.state_dir):
             raise ConfigError("config key 'state_dir' must be an absolute path")
 
-    @property
-    def boxes_dir(self) -> Path:
-        return Path(self.state_dir) / "boxes"
-
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:

@@ -120,7 +120,7 @@ class StateStore:
     def prepare(self) -> None:
         """Make the state dir and its modes what they must be, and migrate the old layout."""
         self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        ensure_dir(self.root)
+        ensure_dir(self.root.resolve())  # the state dir itself may be a symlink an admin made
         ensure_dir(self.boxes)
         with contextlib.suppress(FileNotFoundError):
             os.chmod(self.root / "subids.json", RECORD_MODE)

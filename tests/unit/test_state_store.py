@@ -169,3 +169,13 @@ def test_migration_finishes_after_a_crash_between_its_steps(tmp_path):
 
 def test_no_old_layout_is_no_migration(store):
     assert migrate_flat_layout(store) == []
+
+
+def test_the_state_dir_may_be_a_symlink(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    store = StateStore(tmp_path / "link")
+    store.prepare()
+    store.write_settings("dev", {"env": {}})
+    assert (tmp_path / "real" / "box" / "dev" / "settings.json").is_file()
+    assert mode(tmp_path / "real") == 0o700
