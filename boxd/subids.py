@@ -4,11 +4,15 @@ registered, and checked against the host's users.
 Container root of every box of one owner maps into that owner's range, so root in a box is an
 unprivileged, otherwise unused host uid, and two owners' boxes never share ids. Ranges come from
 a pool above SSSD's default id mapping (200,000 to 2,000,200,000), so that a box's root is not a
-directory user's uid. Each range is written to /etc/subuid and /etc/subgid under its owner's name
-(`boxd --register-subids`, run before the daemon as root: the daemon's unit cannot write /etc),
-so that other allocators (useradd, administrators) see it taken; and before a box is created or
-started its owner's range is checked: no user or group that NSS knows may lie in it, and no
-other user's /etc/subuid or /etc/subgid range may overlap it.
+directory user's uid. Each range is written to /etc/subuid and /etc/subgid (`boxd
+--register-subids`, run before the daemon as root: the daemon's unit cannot write /etc), so that
+other allocators (useradd, administrators) see it taken; and before a box is created or started
+its owner's range is checked: no user or group that NSS knows may lie in it, and no other
+/etc/subuid or /etc/subgid range may overlap it.
+
+The ranges are registered under SUBID_OWNER, a name that is no user's, not under the box's
+owner: newuidmap lets a user map the ranges registered to them, and a user's rootless podman maps
+all of them into its user namespace, which would change that user's own containers.
 
 <state>/subids.json records each owner's range explicitly, so that a range once given never
 moves: boxes made with an older `subid_base` keep the ids their containers were made with.
@@ -38,6 +42,9 @@ LAST_ID = 2**32 - 2                             # 2**32 - 1 is (uid_t) -1
 OLD_DEFAULT_BASE = 1_000_000_000                # subid_base before ranges were recorded per owner
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
+SUBID_OWNER = "_boxd"   # owner of boxd's lines in /etc/subuid and /etc/subgid; must be no user
+# Ranges other software reserves without NSS entries: systemd's "foreign" ids (0x7FFE0000 +64K).
+RESERVED = ((0x7FFE0000, 0x10000),)
 _SAMPLES = 16        # NSS lookups spread over a range, besides its two ends
 _MAX_SKIPPED = 64    # candidate ranges passed over for collisions before a new owner is refused
 _CHECK_TTL = 60.0    # seconds a clean check of an owner's range stands
@@ -97,6 +104,13 @@ def _nss_group(gid: int) -> str | None:
         return None
 
 
+def _nss_uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
 @dataclass
 class Host:
     """What a range is checked against and registered in; tests put stand-ins here."""
@@ -105,6 +119,7 @@ class Host:
     subgid: Path = SUBGID
     user_of: Callable[[int], str | None] = _nss_user
     group_of: Callable[[int], str | None] = _nss_group
+    user_named: Callable[[str], bool] = lambda name: _nss_uid(name) is not None
 
     def entries(self, path: Path) -> list[SubidEntry]:
         try:
@@ -123,7 +138,13 @@ def collisions(rng: IdRange, owner: Owner, host: Host) -> list[str]:
         group = host.group_of(host_id) if host_id != owner.gid else None
         if group is not None:
             found.append(f"gid {host_id} is the group {group}")
-    ours = {owner.user, str(owner.uid)}
+    for start, count in RESERVED:
+        if start < rng.host_start + rng.size and rng.host_start < start + count:
+            found.append(f"{start}-{start + count - 1} is reserved (systemd's foreign ids)")
+    if host.user_named(SUBID_OWNER):
+        found.append(f"a user named {SUBID_OWNER} exists, and /etc/subuid gives boxd's ranges "
+                     "to that name")
+    ours = {SUBID_OWNER, owner.user, str(owner.uid)}
     for path in (host.subuid, host.subgid):
         for entry in host.entries(path):
             if entry.owner not in ours and entry.overlaps(rng.host_start, rng.size):
@@ -285,7 +306,7 @@ class SubidAllocator:
         """Register a new range at once where boxd may write /etc (not under its unit, whose
         ExecStartPre= registers it at the next start)."""
         try:
-            register([SubidEntry(owner.user, rng.host_start, rng.size)], self.host)
+            register([SubidEntry(SUBID_OWNER, rng.host_start, rng.size)], self.host)
         except OSError as exc:
             _log.info("subid_registration_deferred", owner=owner.uid, error=str(exc))
 
@@ -307,5 +328,5 @@ def register_all(allocator: SubidAllocator, owner_lookup: Callable[[int], Owner]
             problems.append(f"{owner.user}'s range {rng.host_start}-"
                             f"{rng.host_start + rng.size - 1} collides: {'; '.join(found[:3])}")
             continue
-        entries.append(SubidEntry(owner.user, rng.host_start, rng.size))
+        entries.append(SubidEntry(SUBID_OWNER, rng.host_start, rng.size))
     return register(entries, allocator.host), problems

@@ -220,7 +220,8 @@ def test_id_ranges_are_registered_and_a_collision_is_refused(boxd_bed, alice, bo
     create(boxd, "st-ids", a)
     rng = range_of(boxd, alice["uid"])
     restart(boxd)  # the unit registers at every start (ExecStartPre=+boxd --register-subids)
-    line = f"{a}:{rng.host_start}:{rng.size}"
+    # Under boxd's own name, not alice's: her rootless podman would map what is hers.
+    line = f"_boxd:{rng.host_start}:{rng.size}"
     for path in ("/etc/subuid", "/etc/subgid"):
         assert line in Path(path).read_text().splitlines(), path
     intruder = f"{bob['name']}:{rng.host_start + 100}:1"

@@ -35,7 +35,8 @@ def owner(uid: int) -> Owner:
 def host(tmp_path):
     users: dict[int, str] = {}
     groups: dict[int, str] = {}
-    h = Host(tmp_path / "subuid", tmp_path / "subgid", users.get, groups.get)
+    h = Host(tmp_path / "subuid", tmp_path / "subgid", users.get, groups.get,
+             lambda name: name in users.values())
     h.users, h.groups = users, groups  # type: ignore[attr-defined]
     return h
 
@@ -71,8 +72,8 @@ def test_owners_get_distinct_ranges_that_are_recorded_and_registered(tmp_path, h
     again = allocator(tmp_path, host)
     assert again.known() == {1000: a, 1001: b}
     for path in (host.subuid, host.subgid):
-        assert parse_subids(path.read_text()) == [SubidEntry("u1000", BASE, SIZE),
-                                                  SubidEntry("u1001", BASE + SIZE, SIZE)]
+        assert parse_subids(path.read_text()) == [SubidEntry("_boxd", BASE, SIZE),
+                                                  SubidEntry("_boxd", BASE + SIZE, SIZE)]
 
 
 def test_ranges_given_with_the_old_base_stay_where_they_were(tmp_path, host):
@@ -153,10 +154,29 @@ def test_register_all_reports_collisions_and_registers_the_rest(tmp_path, host):
     host.subgid.unlink()
     host.users[BASE + SIZE] = "intruder"
     added, problems = register_all(alloc, owner)
-    assert added == [f"{host.subuid}: u1000:{BASE}:{SIZE}", f"{host.subgid}: u1000:{BASE}:{SIZE}"]
+    assert added == [f"{host.subuid}: _boxd:{BASE}:{SIZE}", f"{host.subgid}: _boxd:{BASE}:{SIZE}"]
     assert len(problems) == 1 and "u1001" in problems[0] and "intruder" in problems[0]
 
 
 def test_config_refuses_a_pool_past_the_last_id():
     with pytest.raises(errors.ConfigError, match="room"):
         Config(subid_base=2**32 - SIZE)
+
+
+def test_ranges_are_registered_to_no_user_and_a_user_of_that_name_is_a_collision(tmp_path,
+                                                                                   host):
+    alloc = allocator(tmp_path, host)
+    rng = alloc.range_for(owner(1000))
+    assert "u1000" not in host.subuid.read_text()  # the owner's rootless podman is untouched
+    alloc._checked.clear()
+    host.users[5] = "_boxd"
+    with pytest.raises(errors.IdCollision, match="a user named _boxd exists"):
+        alloc.range_for(owner(1000))
+    assert rng.host_start == BASE
+
+
+def test_systemds_foreign_range_is_skipped(tmp_path, host):
+    foreign = 0x7FFE0000
+    base = foreign - SIZE // 2  # the first candidate overlaps it
+    got = SubidAllocator(tmp_path / "subids.json", base, SIZE, host).range_for(owner(1))
+    assert got.host_start >= foreign + 0x10000 or got.host_start + SIZE <= foreign
