@@ -49,6 +49,7 @@ HINTS = {
     "AccessDenied": "ask an administrator, or use a box of your own",
     "Busy": "stop it first with 'boxctl stop NAME', or use 'boxctl rm -f NAME'",
     "LimitReached": "remove a box or end a session; an administrator can raise the limit",
+    "IdCollision": "ask an administrator: the host ids for your boxes are someone else's",
     "InvalidArgument": "see 'boxctl --help' for what each option takes",
     "Timeout": "look at the box's output with 'podman logs NAME' (as root)",
     "StartFailed": "look at the box's output with 'podman logs NAME' (as root)",

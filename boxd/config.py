@@ -31,9 +31,10 @@ class Config:
     start_timeout: float = 60.0
     stop_timeout: int = 5
     podman_timeout: float = 30.0
-    # Subordinate id ranges for box user namespaces: owner n gets [base + n*size, +size).
+    # Subordinate id ranges for box user namespaces: each owner gets `subid_size` ids from a pool
+    # starting at `subid_base`, above SSSD's default id mapping (200,000 to 2,000,200,000).
     userns: bool = True
-    subid_base: int = 1_000_000_000
+    subid_base: int = 2_001_000_000
     subid_size: int = 65536
     # Per-user caps, so that one user cannot exhaust the host.
     max_boxes_per_user: int = 32
@@ -64,12 +65,11 @@ class Config:
             raise ConfigError("config key 'stop_timeout' must not be negative")
         if self.subid_size < 65536 or self.subid_base < 65536:
             raise ConfigError("config keys 'subid_base' and 'subid_size' must be at least 65536")
+        if self.subid_base + self.subid_size > 2**32 - 1:
+            raise ConfigError("config keys 'subid_base' and 'subid_size' must leave room for a "
+                              "range below 4294967295")
         if not os.path.isabs(self.state_dir):
             raise ConfigError("config key 'state_dir' must be an absolute path")
-
-    @property
-    def boxes_dir(self) -> Path:
-        return Path(self.state_dir) / "boxes"
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

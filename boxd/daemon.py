@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dbus_next import BusType, Message, NameFlag, RequestNameReply
 
-from boxd import __version__, config, errors, log, memory, podman
+from boxd import __version__, config, errors, log, memory, podman, subids
 from boxd.authz import Authorizer
 from boxd.bus.dispatch import Dispatcher
 from boxd.bus.service import BoxdService
@@ -20,8 +20,10 @@ from boxd.bus.wire import BoxdBus
 from boxd.jobs import JobManager
 from boxd.loopwatch import LoopWatch
 from boxd.manager import BoxManager
+from boxd.model import Owner
 from boxd.paths import BUS_NAME
 from boxd.polkit import Polkit
+from boxd.state import StateStore
 
 _log = log.get("boxd.daemon")
 # How long a starting daemon waits for podman before it takes its bus name (see serve).
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve the calling user on the session bus, with rootless podman")
     parser.add_argument("--bus-address", metavar="ADDRESS",
                         help="connect to this D-Bus address instead")
+    parser.add_argument("--register-subids", action="store_true",
+                        help="write the host id ranges of box owners to /etc/subuid and "
+                             "/etc/subgid, then exit (run as root before the daemon)")
     parser.add_argument("--version", action="version", version=f"boxd {__version__}")
     return parser
 
@@ -137,6 +142,26 @@ async def _flush(bus: BoxdBus) -> None:
                                    interface="org.freedesktop.DBus.Peer", member="Ping"))
 
 
+def register_subids(cfg: config.Config) -> int:
+    """`boxd --register-subids`: the unit's ExecStartPre=+ (root, outside the sandbox)."""
+    if not cfg.userns or cfg.mode != "system":
+        return 0
+    store = StateStore(cfg.state_dir)
+    store.prepare()
+    allocator = subids.SubidAllocator(store.subids_path, cfg.subid_base, cfg.subid_size)
+    try:
+        added, problems = subids.register_all(allocator, Owner.lookup)
+    except OSError as exc:
+        print(f"boxd: cannot register subordinate ids: {exc}", file=sys.stderr)
+        return 1
+    for line in added:
+        print(f"boxd: registered {line}")
+    for problem in problems:
+        # Not fatal for everyone: that owner's boxes are refused at start, with this reason.
+        print(f"boxd: warning: {problem}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -144,8 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     except errors.ConfigError as exc:
         print(f"boxd: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    if args.register_subids:
+        sys.exit(register_subids(cfg))
     log.configure(cfg.log_format, cfg.log_level)
     memory.configure()
+    if cfg.userns and cfg.mode == "system" and subids.in_sssd_range(cfg.subid_base,
+                                                                      cfg.subid_size):
+        _log.warning("subid_base_in_sssd_range", subid_base=cfg.subid_base,
+                     hint="SSSD maps directory users to 200000-2000200000 by default; "
+                          "a box's root could be such a user (see boxd.yaml's subid_base)")
     sys.exit(asyncio.run(serve(cfg)))
 
 

@@ -55,6 +55,11 @@ class LimitReached(BoxdError):
     code = "LimitReached"
 
 
+class IdCollision(BoxdError):
+    """A box owner's host id range would share ids with a host user, group or subid range."""
+    code = "IdCollision"
+
+
 class ConfigError(BoxdError):
     code = "ConfigError"
 

@@ -7,15 +7,13 @@ writes into a home as root, and a box cannot use boxd to reach a file its owner 
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from boxd import desktop, errors, podman
 from boxd.model import Owner
 from boxd.sessions import run_captured
+from boxd.state import StateStore
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _APP_RE = APP_NAME_RE
@@ -45,25 +43,16 @@ class Export:
 
 
 class Exports:
-    def __init__(self, client: podman.PodmanClient, state_dir: Path) -> None:
+    def __init__(self, client: podman.PodmanClient, state: StateStore) -> None:
         self._podman = client
-        self._state_dir = state_dir
+        self._state = state
 
-    # -- records -------------------------------------------------------------------------------
-    def _record_path(self, box: str) -> Path:
-        return self._state_dir / f"{box}.exports.json"
-
+    # -- records: <state>/box/NAME/exports.json (boxd/state.py) -----------------------------------
     def list(self, box: str) -> list[Export]:
-        try:
-            return [Export(**e) for e in json.loads(self._record_path(box).read_text())]
-        except FileNotFoundError:
-            return []
+        return [Export(**e) for e in self._state.read_exports(box)]
 
     def _save(self, box: str, exports: list[Export]) -> None:
-        path = self._record_path(box)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(e) for e in exports]))
-        os.replace(tmp, path)
+        self._state.write_exports(box, [asdict(e) for e in exports])
 
     def _remember(self, box: str, export: Export) -> None:
         kept = [e for e in self.list(box) if (e.kind, e.name) != (export.kind, export.name)]
@@ -128,7 +117,7 @@ class Exports:
         files = self.files(box)
         if files:
             await self._remove_as(box, owner, files)
-        self._record_path(box).unlink(missing_ok=True)
+        self._state.drop_exports(box)
 
     # -- the owner's rights, in the box ---------------------------------------------------------
     async def _write_as(self, box: str, owner: Owner, path: str, text: str, mode: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import pwd
 import secrets
@@ -30,6 +29,7 @@ from boxd.model import (
     LABEL_VERSION,
     SYSTEM_BUS_IN_BOX,
     BoxSettings,
+    IdRange,
     Owner,
     Volume,
     box_hostname,
@@ -39,6 +39,7 @@ from boxd.model import (
     validate_name,
 )
 from boxd.sessions import Session, SessionManager, SpawnRequest
+from boxd.state import StateStore
 from boxd.subids import SubidAllocator
 
 _log = log.get("boxd.manager")
@@ -146,12 +147,13 @@ class BoxManager:
         self.ready = asyncio.Event()
         # Set then, or at the first failure to reach podman (it is down: nothing to wait for).
         self.first_contact = asyncio.Event()
-        config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.state = StateStore(config.state_dir)
+        self.state.prepare()  # modes, and the old flat layout migrated
         self.sessions = SessionManager(client, config.max_sessions_per_user,
                                        config.warm_sessions, config.warm_idle_seconds)
-        self.exports = Exports(client, config.boxes_dir)
-        self._subids = (SubidAllocator(Path(config.state_dir) / "subids.json",
-                                       config.subid_base, config.subid_size)
+        self.exports = Exports(client, self.state)
+        self._subids = (SubidAllocator(self.state.subids_path, config.subid_base,
+                                       config.subid_size)
                         if config.userns and config.mode == "system" else None)
 
     # -- queries -------------------------------------------------------------------------------
@@ -195,10 +197,8 @@ class BoxManager:
                 raise errors.ImageNotFound(f"there is no image {reference}") from None
 
     def settings(self, name: str) -> BoxSettings:
-        try:
-            return BoxSettings.from_json(json.loads(self._settings_path(name).read_text()))
-        except FileNotFoundError:
-            return BoxSettings()
+        data = self.state.read_settings(name)
+        return BoxSettings.from_json(data) if data is not None else BoxSettings()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def create(self, owner_uid: int, name: str, image: str,
@@ -222,7 +222,7 @@ class BoxManager:
                 if not await self._podman.image_exists(image):
                     raise errors.ImageNotFound(
                         f"image {image} is not on this host; pull it or build the default image")
-                id_range = self._subids.range_for(owner.uid) if self._subids else None
+                id_range = await self._id_range(owner)
                 config_dir = self._prepare_state(name, settings,
                                                  id_range.host_start if id_range else owner.gid)
                 service = await asyncio.to_thread(self._podman.service_pid)
@@ -257,6 +257,7 @@ class BoxManager:
             if box.state == "running":
                 return box
             owner = self._owner_lookup(box.owner)
+            await self._id_range(owner)  # refused if the owner's ids now collide with the host's
             settings = self.settings(name)
             token = secrets.token_hex(8)
             self._write_box_conf(name, owner, settings, token, held_groups(box.groups, owner))
@@ -623,44 +624,36 @@ class BoxManager:
         except podman.ApiError as exc:
             raise errors.BoxdError(f"podman refused: {exc.message}") from None
 
-    # -- state files ---------------------------------------------------------------------------
-    # <state>/boxes/NAME.json: settings, daemon-only (root 0600).
-    # <state>/boxes/NAME/box.conf: what the entry point reads; group = the box root's host gid.
-    def _settings_path(self, name: str) -> Path:
-        return self._config.boxes_dir / f"{name}.json"
+    async def _id_range(self, owner: Owner) -> IdRange | None:
+        """The owner's host id range (boxd/subids.py), checked against NSS and /etc/sub[ug]id
+        in a thread: NSS may ask a directory server."""
+        if self._subids is None:
+            return None
+        return await asyncio.to_thread(self._subids.range_for, owner)
 
+    # -- state files: boxd/state.py ------------------------------------------------------------
     def _config_dir(self, name: str) -> Path:
-        return self._config.boxes_dir / name
+        return self.state.config_dir(name)
 
     def _prepare_state(self, name: str, settings: BoxSettings, box_gid: int) -> Path:
-        config_dir = self._config_dir(name)
-        config_dir.mkdir(mode=0o750, exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(config_dir, 0, box_gid)
-        os.chmod(config_dir, 0o750)
+        config_dir = self.state.create_box(name, box_gid)
         self._write_settings(name, settings)
         return config_dir
 
     def _write_settings(self, name: str, settings: BoxSettings) -> None:
-        _atomic_write(self._settings_path(name), json.dumps(settings.to_json()), 0o600)
+        self.state.write_settings(name, settings.to_json())
 
     def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str,
                         groups: tuple[tuple[str, int], ...] = ()) -> None:
-        config_dir = self._config_dir(name)
-        if not config_dir.is_dir():
-            raise errors.StartFailed(f"box {name!r} has no config at {config_dir}; re-create it")
-        text = boxconf.render(name=name, hostname=box_hostname(name, settings), owner=owner,
-                              settings=settings, token=token, groups=groups)
-        _atomic_write(config_dir / "box.conf", text, 0o640, gid=config_dir.stat().st_gid)
+        if not self.state.has_config(name):
+            raise errors.StartFailed(f"box {name!r} has no config at "
+                                     f"{self.state.config_dir(name)}; re-create it")
+        self.state.write_box_conf(name, boxconf.render(
+            name=name, hostname=box_hostname(name, settings), owner=owner, settings=settings,
+            token=token, groups=groups))
 
     def _drop_state(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._settings_path(name).unlink()
-        config_dir = self._config_dir(name)
-        if config_dir.is_dir():
-            for child in config_dir.iterdir():
-                child.unlink()
-            config_dir.rmdir()
+        self.state.drop_box(name)
 
 
 # What login shells read at start, in the user's home (shared with the host).
@@ -689,17 +682,6 @@ def held_groups(mapped: tuple[int, ...], owner: Owner) -> tuple[tuple[str, int],
             f"{owner.user} is no longer in host group(s) {', '.join(map(str, left))}, which this "
             "box maps; re-create the box (boxctl rm, then boxctl create)")
     return tuple((current[gid], gid) for gid in mapped)
-
-
-def _atomic_write(path: Path, text: str, mode: int, gid: int | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    if gid is not None and os.geteuid() == 0:
-        os.chown(tmp, 0, gid)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 _MAX_ARGV_BYTES = 256 * 1024

@@ -87,6 +87,7 @@ podman_socket: $socket
 default_image: $image
 YAML
 install -Dm644 "$repo/systemd/boxd.service" /etc/systemd/system/boxd.service
+boxd --register-subids  # box owners' host id ranges into /etc/subuid and /etc/subgid (the unit does too)
 install -Dm644 "$repo/docs/man/boxctl.1" -t /usr/local/share/man/man1/
 install -Dm644 "$repo/docs/man/boxd.8" -t /usr/local/share/man/man8/
 if systemd_pid1; then

@@ -311,6 +311,10 @@ class Daemon:
                   **self.extra_config}
         self.config_path.write_text(yaml.safe_dump(config))
         log = open(self.log_path, "ab")
+        # As boxd.service's ExecStartPre=+: box owners' id ranges into /etc/subuid, /etc/subgid.
+        subprocess.run([sys.executable, "-m", "boxd.daemon", "--register-subids", "--config",
+                        str(self.config_path)], stdout=log, stderr=log, check=True, cwd="/",
+                       timeout=120)
         argv = [sys.executable, "-m", "boxd.daemon", "--config", str(self.config_path)]
         if os.environ.get("BOXD_TEST_UNIT_SANDBOX") == "1":
             state = self.root / "state"
