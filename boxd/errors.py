@@ -57,3 +57,10 @@ class LimitReached(BoxdError):
 
 class ConfigError(BoxdError):
     code = "ConfigError"
+
+
+class BadFd(BoxdError):
+    """A file descriptor a caller handed over cannot be used as asked (wrong access mode, an
+    O_PATH descriptor): boxd never widens a caller's access."""
+
+    code = "BadFd"
