@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from boxd import desktop, errors, podman
+from boxd.capture import run_captured
 from boxd.model import Owner
-from boxd.sessions import run_captured
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _APP_RE = APP_NAME_RE
