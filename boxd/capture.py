@@ -2,15 +2,14 @@
 
 They run as the box's owner, and what they print is the owner's to choose (a desktop file can be
 a link to /dev/zero, a loop can print for ever): the output is bounded in size and the run in
-time, and a command that overruns either is killed (through its pinned process) and reported
-with a named error. Knows podman; nothing about D-Bus.
+time, and a command that overruns either is killed with its children (through pidfds) and
+reported with a named error. Knows podman; nothing about D-Bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import struct
 
 from boxd import errors, log, podman
@@ -88,5 +87,7 @@ async def _kill(client: podman.PodmanClient, exec_id: str, box: str, why: str) -
         async with asyncio.timeout(5):
             process = await pin_exec(client, exec_id)
             if process is not None:
-                process.signal(signal.SIGKILL)
+                # Its children too: a forked child blocked in open() would outlive it.
+                killed = process.kill_tree()
                 process.close()
+                _log.info("captured_run_killed", box=box, exec_id=exec_id, processes=killed)

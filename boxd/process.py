@@ -94,6 +94,44 @@ class PinnedProcess:
             _log.info("process_killed_after_hangup", pid=self.pid, grace=grace)
             self.signal(signal.SIGKILL)
 
+    def children(self) -> list[PinnedProcess]:
+        """Its live children, each pinned and checked to be its child."""
+        if self._fd is None:
+            return []
+        pids: set[int] = set()
+        try:
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{task}/children") as listing:
+                    pids.update(int(p) for p in listing.read().split())
+        except OSError:
+            return []
+        found = []
+        for pid in sorted(pids):
+            try:
+                child = PinnedProcess(pid, os.pidfd_open(pid))
+            except OSError:
+                continue
+            # Its parent is this live, pinned process: then it is really our child, and while
+            # it has not exited (checked last) /proc/PID is that child.
+            if _parent(pid) == self.pid and not self.exited() and not child.exited():
+                found.append(child)
+            else:
+                child.close()
+        return found
+
+    def kill_tree(self, limit: int = 4096) -> int:
+        """SIGKILL it and its descendants (up to `limit`). Each is stopped as it is found, so
+        none forks away meanwhile. Returns how many were signalled."""
+        tree, index = [self], 0
+        while index < len(tree) and len(tree) < limit:
+            tree[index].signal(signal.SIGSTOP)
+            tree.extend(tree[index].children())
+            index += 1
+        killed = sum(1 for process in tree if process.signal(signal.SIGKILL))
+        for process in tree[1:]:
+            process.close()
+        return killed
+
     def close(self) -> None:
         if self._fd is None:
             return
@@ -140,6 +178,15 @@ async def pin_exec(client: podman.PodmanClient, exec_id: str) -> PinnedProcess |
     if process is None:
         _log.warning("process_not_pinned", exec_id=exec_id, pid=pid)
     return process
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _in_container(pid: int, container_id: str, init_pid: int) -> bool:

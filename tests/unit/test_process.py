@@ -22,6 +22,12 @@ def _child(code: str = "import time; print('ready', flush=True); time.sleep(120)
     return child
 
 
+def _shell(script: str) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    return child
+
+
 def _pin(child: subprocess.Popen[bytes]) -> PinnedProcess:
     # The test's "container" is our own mount namespace: the child shares it.
     process = PinnedProcess.pin(child.pid, container_id="not-in-any-cgroup",
@@ -107,3 +113,30 @@ async def test_closing_wakes_a_waiter() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+async def test_kill_tree_takes_the_children_with_it() -> None:
+    # A shell with a forked child (not exec'd): killing the shell alone would leave it behind.
+    child = _shell("sleep 123 & sleep 124 & echo ready; wait")
+    process = _pin(child)
+    try:
+        grandchildren = process.children()
+        assert len(grandchildren) == 2
+        pids = [g.pid for g in grandchildren]
+        for g in grandchildren:
+            g.close()
+        assert process.kill_tree() == 3
+        assert child.wait(30) == -signal.SIGKILL
+        for pid in pids:
+            for _ in range(300):
+                if not Path(f"/proc/{pid}").exists() or \
+                        Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError(f"{pid} still runs")
+    finally:
+        process.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
