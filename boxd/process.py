@@ -175,8 +175,10 @@ async def pin_exec(client: podman.PodmanClient, exec_id: str) -> PinnedProcess |
                                         init_pid=int(state.get("Pid") or 0))
     except (podman.PodmanError, ValueError, TypeError):
         return None
-    if process is None:
-        _log.warning("process_not_pinned", exec_id=exec_id, pid=pid)
+    if process is None and os.path.exists(f"/proc/{pid}"):
+        # (A process that ended before it could be pinned needs no word: nothing to signal.)
+        _log.warning("process_not_pinned", exec_id=exec_id, pid=pid,
+                     why="the pid podman gave is not a process of the box")
     return process
 
 
