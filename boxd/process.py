@@ -55,7 +55,7 @@ class PinnedProcess:
     def exited(self) -> bool:
         if self._fd is None:
             return True
-        return bool(select.select([self._fd], [], [], 0)[0])
+        return _readable(self._fd)
 
     def signal(self, signum: int) -> bool:
         """Send `signum`; False if the process is gone (or this pin closed)."""
@@ -173,13 +173,20 @@ async def pin_exec(client: podman.PodmanClient, exec_id: str) -> PinnedProcess |
             state = (await client.inspect_container(container_id)).get("State") or {}
             process = PinnedProcess.pin(pid, container_id=container_id,
                                         init_pid=int(state.get("Pid") or 0))
-    except (podman.PodmanError, ValueError, TypeError):
+    except (podman.PodmanError, OSError, ValueError, TypeError):
         return None
     if process is None and os.path.exists(f"/proc/{pid}"):
         # (A process that ended before it could be pinned needs no word: nothing to signal.)
         _log.warning("process_not_pinned", exec_id=exec_id, pid=pid,
                      why="the pid podman gave is not a process of the box")
     return process
+
+
+def _readable(fd: int) -> bool:
+    """A pidfd is readable once its process has exited. (poll: fds past 1024 are fine.)"""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _parent(pid: int) -> int:
@@ -204,7 +211,7 @@ def _in_container(pid: int, container_id: str, init_pid: int) -> bool:
         try:
             ours = os.stat(f"/proc/{pid}/ns/mnt")
             theirs = os.stat(f"/proc/{init_pid}/ns/mnt")
-            if select.select([init_fd], [], [], 0)[0]:
+            if _readable(init_fd):
                 return False  # the container's first process ended meanwhile
         finally:
             os.close(init_fd)

@@ -122,26 +122,39 @@ class Session:
         process = await self.process()
         if process is not None:
             await process.hang_up(grace)
+        elif self.running:
+            _log.warning("hang_up_without_process", session=self.id, box=self.box)
 
     async def process(self) -> PinnedProcess | None:
         """The session's process, pinned; None once it has ended or could not be pinned."""
         if self._pinning is None:
             return None
-        process = await asyncio.shield(self._pinning)
+        try:
+            process = await asyncio.shield(self._pinning)
+        except Exception:
+            _log.exception("pinning_failed", session=self.id, box=self.box)
+            return None
         return None if process is None or process.closed else process
 
     def _pin(self) -> None:
         if self._client is not None and self._pinning is None:
             self._pinning = asyncio.create_task(pin_exec(self._client, self.exec_id))
 
-    async def _unpin(self) -> None:
-        """The session ended: let go of its process (the pidfd)."""
+    def _unpin(self) -> None:
+        """The session ended: let go of its process (the pidfd), now or once it is pinned."""
         if self._pinning is None:
             return
-        with contextlib.suppress(Exception):
-            process = await self._pinning
-            if process is not None:
-                process.close()
+
+        def release(task: asyncio.Task[PinnedProcess | None]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                process = task.result()
+                if process is not None:
+                    process.close()
+
+        if self._pinning.done():
+            release(self._pinning)
+        else:
+            self._pinning.add_done_callback(release)
 
 
 class SessionManager:
@@ -249,8 +262,7 @@ class SessionManager:
                 raw_restore()
             for fd_stream in fds.values():
                 fd_stream.close()
-            with contextlib.suppress(BaseException):
-                await session._unpin()
+            session._unpin()
             session.exit_status = status
             session._done.set()
             if session.warm_key is not None:
