@@ -15,6 +15,7 @@ import asyncio
 import os
 import select
 import signal
+from typing import Any
 
 from boxd import log, podman
 
@@ -160,8 +161,8 @@ async def pin_exec(client: podman.PodmanClient, exec_id: str) -> PinnedProcess |
     """Pin the process of a running podman exec; None if it has ended or cannot be told apart
     from a stranger."""
     try:
-        info = await client.exec_inspect(exec_id)
-        if not info.get("Running"):
+        info = await _running_exec(client, exec_id)
+        if info is None:
             return None
         pid, container_id = int(info.get("Pid") or 0), str(info.get("ContainerID") or "")
         if not container_id:
@@ -180,6 +181,23 @@ async def pin_exec(client: podman.PodmanClient, exec_id: str) -> PinnedProcess |
         _log.warning("process_not_pinned", exec_id=exec_id, pid=pid,
                      why="the pid podman gave is not a process of the box")
     return process
+
+
+async def _running_exec(client: podman.PodmanClient, exec_id: str, timeout: float = 5.0
+                        ) -> dict[str, Any] | None:
+    """The exec's inspection once podman books it running; None once it has ended. (The
+    hijacked stream can be up a moment before podman records the exec as running.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.01
+    while True:
+        info = await client.exec_inspect(exec_id)
+        if info.get("Running"):
+            return info
+        if info.get("Pid") or loop.time() >= deadline:
+            return None  # it ran and ended, or it never started
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
 
 
 def _readable(fd: int) -> bool:

@@ -131,6 +131,10 @@ class Session:
             return None
         try:
             process = await asyncio.shield(self._pinning)
+        except asyncio.CancelledError:
+            if self._pinning.cancelled():
+                return None  # the session ended before its process was pinned
+            raise
         except Exception:
             _log.exception("pinning_failed", session=self.id, box=self.box)
             return None
@@ -155,6 +159,7 @@ class Session:
             release(self._pinning)
         else:
             self._pinning.add_done_callback(release)
+            self._pinning.cancel()  # still looking for a process that has ended: stop
 
 
 class SessionManager:

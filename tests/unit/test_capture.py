@@ -32,8 +32,8 @@ class _Writer:
 
 
 class FakePodman:
-    """Streams what `feed` writes into the exec's reader; the exec is never seen running (so
-    no process is pinned or killed here: tests/unit/test_process.py covers that)."""
+    """Streams what `feed` writes into the exec's reader; the exec is seen ended already (so no
+    process is pinned or killed here: tests/unit/test_process.py covers that)."""
 
     def __init__(self, feed: Any) -> None:
         self._feed = feed
@@ -50,7 +50,7 @@ class FakePodman:
 
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
         self.inspected += 1
-        return {"Running": False, "ExitCode": 3}
+        return {"Running": False, "ExitCode": 3, "Pid": 999_999}
 
     async def wait_exec_ended(self, exec_id: str, timeout: float = 15.0) -> dict[str, Any]:
         return {"Running": False, "ExitCode": 3}
