@@ -133,7 +133,12 @@ class BoxManager:
         self._boxes: dict[str, BoxInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: set[str] = set()
+        self._stopping: set[str] = set()
         self._podman_up = False
+        # Set once podman was first seen and what a previous boxd left running was found.
+        self.ready = asyncio.Event()
+        # Set then, or at the first failure to reach podman (it is down: nothing to wait for).
+        self.first_contact = asyncio.Event()
         config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.sessions = SessionManager(client, config.max_sessions_per_user,
                                        config.warm_sessions, config.warm_idle_seconds)
@@ -269,14 +274,45 @@ class BoxManager:
             return box
 
     async def stop(self, name: str) -> BoxInfo:
+        """Stop a box: hang up its sessions (told why), kill what outlives stop_timeout, then
+        stop the container. The box is "stopping" until podman says it is stopped."""
         self.get(name)
         async with self._lock(name):
-            await self.sessions.warm.release_box(name)
-            with self._podman_errors():
-                await self._podman.stop_container(name, self._config.stop_timeout)
-                box = _from_inspect(await self._podman.inspect_container(name))
+            before = self.get(name)
+            self._stopping.add(name)
+            self._set_state(name, "stopping")
+            try:
+                with self._podman_errors():
+                    await self._stop_container(name)
+                    box = _from_inspect(await self._podman.inspect_container(name))
+            except BaseException:
+                self._stopping.discard(name)
+                try:  # whatever podman says it is, or what it was
+                    self._upsert(_from_inspect(await self._podman.inspect_container(name)))
+                except podman.PodmanError:
+                    if self._boxes.get(name) is not None:
+                        self._upsert(before)
+                raise
+            self._stopping.discard(name)
             self._upsert(box)
+            if box.state != "stopped":
+                raise errors.BoxdError(f"podman did not stop box {name!r}: it is {box.state}")
+            _log.info("box_stopped", box=name)
             return box
+
+    async def _stop_container(self, name: str) -> None:
+        timeout = self._config.stop_timeout
+        for attempt in range(3):
+            await self.sessions.end_box(name, f"box {name} was stopped", float(timeout))
+            try:
+                await self._podman.stop_container(name, timeout)
+                return
+            except podman.ApiError as exc:
+                # An exec started while we ended the others (or podman still booking one):
+                # end it, and try again.
+                if "exec session" not in exc.message or attempt == 2:
+                    raise
+                _log.info("stop_retried", box=name, error=exc.message)
 
     async def remove(self, name: str, force: bool) -> None:
         box = self.get(name)
@@ -455,6 +491,10 @@ class BoxManager:
                 # Subscribed first, then listed: a change in between waits in the stream.
                 async with self._podman.event_stream({"type": ["container"]}) as events:
                     await self.resync()
+                    if not self.ready.is_set():
+                        await self._end_leftovers()
+                        self.ready.set()
+                        self.first_contact.set()
                     if not self._podman_up:
                         self._podman_up = True
                         _log.info("podman_connected", socket=self._config.podman_socket)
@@ -464,6 +504,7 @@ class BoxManager:
                     async for event in events:
                         await self._on_event(event)
             except podman.PodmanError as exc:
+                self.first_contact.set()
                 if self._podman_up:
                     self._podman_up = False
                     _log.warning("podman_lost", error=str(exc))
@@ -471,6 +512,14 @@ class BoxManager:
                         on_podman_change(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _end_leftovers(self) -> None:
+        """A previous boxd (killed, crashed, restarted) may have left sessions and warm
+        launchers running in boxes: nobody can reach them any more. Hang them up."""
+        running = {b.name: b.owner for b in self._boxes.values() if b.state == "running"}
+        found = await self.sessions.end_leftovers(running)
+        if found:
+            _log.warning("leftovers_found", execs=found, boxes=len(running))
 
     async def resync(self) -> None:
         known_before = set(self._boxes)  # a box created while podman lists is not stale
@@ -517,6 +566,10 @@ class BoxManager:
             # Until start() says otherwise: an event's inspect may be from before the start
             # ("created", "exited") or from before the entry point said ready ("running").
             box = replace(box, state="starting")
+        elif box.name in self._stopping:
+            # Until stop() has podman's word: the entry point may die before podman has
+            # cleaned up, or refused to (sessions still running).
+            box = replace(box, state="stopping")
         old = self._boxes.get(box.name)
         self._boxes[box.name] = box
         if box.state not in ("running", "starting"):

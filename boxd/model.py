@@ -200,11 +200,13 @@ def check_volume_source(volume: Volume, owner: Owner, homes: Mapping[int, str]) 
     home nor the host's secrets and sockets. `homes` maps uids to home directories. Symlinks
     are resolved first, so a link in the owner's home cannot point elsewhere."""
     real = os.path.realpath(volume.source)
-    if not os.path.exists(real):
-        raise InvalidArgument(f"volume source {volume.source} does not exist on the host")
+    # Off limits whether or not it exists yet: the answer must not depend on the host's state
+    # (/run/podman appears only once podman's service has run).
     if real == "/" or any(_within(real, top) for top in DENIED_SOURCES):
         raise InvalidArgument(f"volume source {volume.source} is off limits for boxes "
                               "(system files, secrets or sockets)")
+    if not os.path.exists(real):
+        raise InvalidArgument(f"volume source {volume.source} does not exist on the host")
     for uid, home in homes.items():
         if uid != owner.uid and home not in ("/", "") and _within(real, home) \
                 and not _within(owner.home, home):

@@ -45,6 +45,8 @@ _FRAME = struct.Struct(">BxxxI")
 # dash reads a request a byte at a time: big ones go the ordinary way.
 MAX_REQUEST_BYTES = 64 * 1024
 READY_TIMEOUT = 10.0
+# Its $0 in the box: how a restarted boxd finds its predecessor's launchers (sessions.exec_kind).
+WARM_NAME = "boxd-warm"
 BROKEN_RETRY_SECONDS = 300.0
 
 
@@ -106,6 +108,7 @@ class WarmPool:
         self._size = size
         self._idle = idle_seconds
         self._kinds: dict[WarmKey, _Kind] = {}
+        self._starting: set[str] = set()
 
     def take(self, key: WarmKey) -> tuple[str, podman.ExecStream] | None:
         """A started exec of this kind if one is ready; either way, keep this kind warm. Refills
@@ -140,6 +143,10 @@ class WarmPool:
     def _refill(self, key: WarmKey, kind: _Kind) -> None:
         if kind.filler is None or kind.filler.done():
             kind.filler = asyncio.create_task(self._fill(key, kind))
+
+    def exec_ids(self) -> set[str]:
+        """The launchers ready now and those being started."""
+        return {e.exec_id for kind in self._kinds.values() for e in kind.entries} | self._starting
 
     def forget_box(self, box: str) -> None:
         """The box stopped or went away: its warm execs are gone or about to be."""
@@ -205,19 +212,23 @@ class WarmPool:
         """A launcher ready for a request, or what it said instead of its marker."""
         marker = "boxd-warm-" + secrets.token_hex(8)
         exec_id = await self._podman.exec_create(key.box, {
-            "Cmd": ["/bin/sh", "-c", self._script, "boxd-warm", marker],
+            "Cmd": ["/bin/sh", "-c", self._script, WARM_NAME, marker],
             "Tty": key.tty, "User": key.user, "WorkingDir": "/",
             "AttachStdin": True, "AttachStdout": True, "AttachStderr": True,
             "DetachKeys": "",
         })
-        stream = await self._podman.exec_start(exec_id, key.tty, 24, 80)
-        entry = _Entry(exec_id, stream)
+        self._starting.add(exec_id)
         try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                said = await _read_marker(stream, key.tty, len(marker))
-        except BaseException:
-            entry.close()
-            raise
+            stream = await self._podman.exec_start(exec_id, key.tty, 24, 80)
+            entry = _Entry(exec_id, stream)
+            try:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    said = await _read_marker(stream, key.tty, len(marker))
+            except BaseException:
+                entry.close()
+                raise
+        finally:
+            self._starting.discard(exec_id)
         if said != marker.encode():
             entry.close()
             return said
