@@ -60,8 +60,17 @@ class Authorizer:
             raise AccessDenied(f"you are not allowed to {what}")
 
     async def require_box(self, caller: Caller, owner: int, box: str, own_action: str,
-                          what: str, extra: dict[str, str] | None = None) -> None:
-        """Own boxes need `own_action`; anyone else's box needs manage-any-box as well."""
+                          what: str, extra: dict[str, str] | None = None,
+                          as_owner: bool = False) -> None:
+        """Own boxes need `own_action`; anyone else's box needs manage-any-box as well.
+
+        `as_owner`: the call acts with the owner's rights in the box (runs commands, writes in
+        the owner's home, changes what the entry point runs as root). In root's boxes uid 0 is
+        the host's root, so that is root's alone, whatever polkit grants (boxd-admin too)."""
+        if as_owner and owner == 0 and caller.uid != 0 and self.mode == "system":
+            _log.warning("root_box_refused", caller_uid=caller.uid, box=box, what=what)
+            raise AccessDenied(f"you are not allowed to {what} box {box!r}: it belongs to "
+                               "root, and acting as its owner is root on the host")
         details = {"box": box, "owner": str(owner), **(extra or {})}
         if caller.uid != owner and self.mode == "system" and caller.uid != 0:
             await self.require(caller, MANAGE_ANY_BOX, details,

@@ -72,3 +72,10 @@ class TooLarge(BoxdError):
 
 class TooManyCalls(BoxdError):
     code = "TooManyCalls"
+
+
+class BadFd(BoxdError):
+    """A file descriptor a caller handed over cannot be used as asked (wrong access mode, an
+    O_PATH descriptor): boxd never widens a caller's access."""
+
+    code = "BadFd"

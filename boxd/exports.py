@@ -11,8 +11,8 @@ import re
 from dataclasses import asdict, dataclass
 
 from boxd import desktop, errors, podman
+from boxd.capture import run_captured
 from boxd.model import Owner
-from boxd.sessions import run_captured
 from boxd.state import StateStore
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from boxd import boxconf, errors, log, manifest, podman, readiness
+from boxd import boxconf, errors, log, manifest, offloop, podman, readiness
 from boxd.config import Config
 from boxd.exports import Export, Exports
 from boxd.model import (
@@ -206,8 +206,8 @@ class BoxManager:
         validate_name(name)
         image = validate_image(image or self._config.default_image)
         settings = BoxSettings().updated(options)
-        owner = self._owner_lookup(owner_uid)
-        self._check_settings(settings, owner)
+        owner = await self._owner(owner_uid)
+        await self._check_settings(settings, owner)
         async with self._lock(name):
             if name in self._boxes:
                 raise errors.AlreadyExists(f"a box named {name!r} exists already")
@@ -256,7 +256,7 @@ class BoxManager:
             box = self.get(name)
             if box.state == "running":
                 return box
-            owner = self._owner_lookup(box.owner)
+            owner = await self._owner(box.owner)
             await self._id_range(owner)  # refused if the owner's ids now collide with the host's
             settings = self.settings(name)
             token = secrets.token_hex(8)
@@ -363,7 +363,7 @@ class BoxManager:
                 await self.create(owner_uid, entry.name, image, entry.options)
             elif item.action == "update":
                 async with self._lock(entry.name):
-                    self._check_settings(entry.settings, self._owner_lookup(owner_uid))
+                    await self._check_settings(entry.settings, await self._owner(owner_uid))
                     self._write_settings(entry.name, entry.settings)
             for app in self._unexported(entry):  # exporting starts the box: only if needed
                 await self.export(entry.name, "app", app)
@@ -399,7 +399,7 @@ class BoxManager:
     # -- exports: launchers, apps and wrappers in the owner's home, written from the box ---------
     async def export(self, name: str, kind: str, target: str = "") -> Export:
         box = await self._running(name)
-        owner = self._owner_lookup(box.owner)
+        owner = await self._owner(box.owner)
         with self._podman_errors():
             if kind == "app":
                 return await self.exports.export_app(name, owner, target)
@@ -410,13 +410,13 @@ class BoxManager:
     async def unexport(self, name: str, export_name: str) -> None:
         box = await self._running(name)
         with self._podman_errors():
-            await self.exports.unexport(name, self._owner_lookup(box.owner), export_name)
+            await self.exports.unexport(name, await self._owner(box.owner), export_name)
 
     async def _forget_exports(self, name: str) -> None:
         try:
             box = await self._running(name)
             with self._podman_errors():
-                await self.exports.forget_box(name, self._owner_lookup(box.owner))
+                await self.exports.forget_box(name, await self._owner(box.owner))
         except errors.BoxdError as exc:
             _log.warning("exports_left_behind", box=name, files=self.exports.files(name),
                          error=exc.message)
@@ -432,7 +432,7 @@ class BoxManager:
             raise errors.InvalidArgument("the hostname of a box is set when it is created")
         async with self._lock(name):
             settings = self.settings(name).updated(changes)
-            self._check_settings(settings, self._owner_lookup(self.get(name).owner))
+            await self._check_settings(settings, await self._owner(self.get(name).owner))
             self._write_settings(name, settings)
             return settings
 
@@ -446,7 +446,7 @@ class BoxManager:
             self.get(name)
             _check_command(argv, cwd, env, login_shell)
             box = await self._running(name)
-            owner = self._owner_lookup(box.owner)
+            owner = await self._owner(box.owner)
             settings = self.settings(name)
             home = settings.home or owner.home
             if as_root:
@@ -484,17 +484,23 @@ class BoxManager:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _check_settings(self, settings: BoxSettings, owner: Owner) -> None:
+    async def _owner(self, uid: int) -> Owner:
+        # NSS may be LDAP or SSSD, which can hang: never on the event loop.
+        return await offloop.NSS.run("user lookups", self._owner_lookup, uid)
+
+    async def _check_settings(self, settings: BoxSettings, owner: Owner) -> None:
+        # Paths a user names may be on NFS or autofs, which can hang: never on the event loop.
         home = settings.home or owner.home
-        if not os.path.isdir(home):
+        if not await offloop.FS.run("file system checks", os.path.isdir, home):
             raise errors.InvalidArgument(f"home directory {home} does not exist on the host")
         if self._config.mode != "system":
             return  # a session daemon's boxes can reach only what its user can anyway
-        homes = {e.pw_uid: e.pw_dir for e in pwd.getpwall()}
-        if settings.home:
-            check_volume_source(Volume(settings.home, settings.home), owner, homes)
-        for volume in settings.volumes:
-            check_volume_source(volume, owner, homes)
+        homes = await offloop.NSS.run("user lookups", _all_homes)
+        volumes = [Volume(settings.home, settings.home)] if settings.home else []
+        volumes += settings.volumes
+        if volumes:
+            await offloop.FS.run("file system checks", _check_volume_sources, volumes, owner,
+                                 homes)
 
     # -- podman events -------------------------------------------------------------------------
     async def run(self, on_podman_change: Callable[[bool], None] | None = None) -> None:
@@ -682,6 +688,15 @@ def held_groups(mapped: tuple[int, ...], owner: Owner) -> tuple[tuple[str, int],
             f"{owner.user} is no longer in host group(s) {', '.join(map(str, left))}, which this "
             "box maps; re-create the box (boxctl rm, then boxctl create)")
     return tuple((current[gid], gid) for gid in mapped)
+
+
+def _all_homes() -> dict[int, str]:
+    return {e.pw_uid: e.pw_dir for e in pwd.getpwall()}
+
+
+def _check_volume_sources(volumes: list[Volume], owner: Owner, homes: dict[int, str]) -> None:
+    for volume in volumes:
+        check_volume_source(volume, owner, homes)
 
 
 _MAX_ARGV_BYTES = 256 * 1024

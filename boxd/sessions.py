@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from boxd import errors, log, memory, podman
 from boxd.fdio import FdStream
+from boxd.process import PinnedProcess, pin_exec
 from boxd.warm import WARM_NAME, WarmKey, WarmPool, request_line
 
 _log = log.get("boxd.sessions")
@@ -95,6 +96,7 @@ exec "$@"
 """
 
 _FRAME = struct.Struct(">BxxxI")
+_STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 # What Exited reports for a process whose end boxd could not learn.
 UNKNOWN_STATUS = 255
 # How long a hung-up process may take to leave before it is killed, when no stop_timeout applies
@@ -138,6 +140,8 @@ class Session:
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _client: podman.PodmanClient | None = None
+    # Its process, pinned by pidfd as soon as the exec runs (boxd.process): signals go there.
+    _pinning: asyncio.Task[PinnedProcess | None] | None = None
 
     @property
     def running(self) -> bool:
@@ -163,16 +167,11 @@ class Session:
         await self._kill(signum)
 
     async def _kill(self, signum: int) -> None:
-        if not self.running or self._client is None:
+        if not self.running:
             return
-        try:
-            pid = int((await self._client.exec_inspect(self.exec_id)).get("Pid") or 0)
-        except podman.PodmanError:
-            return
-        # The box shares the host's pid namespace: the exec's pid is a host pid.
-        if pid > 1:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        process = await self.process()
+        if process is not None and self.running:
+            process.signal(signum)
 
     async def hang_up(self, grace: float = HANG_UP_GRACE, reason: str = "") -> str:
         """End the session like a closed terminal: SIGHUP to its process group, SIGKILL after
@@ -191,6 +190,42 @@ class Session:
             async with asyncio.timeout(grace + 20):  # its output drained, its status booked
                 await self._done.wait()
         return how
+
+    async def process(self) -> PinnedProcess | None:
+        """The session's process, pinned; None once it has ended or could not be pinned."""
+        if self._pinning is None:
+            return None
+        try:
+            process = await asyncio.shield(self._pinning)
+        except asyncio.CancelledError:
+            if self._pinning.cancelled():
+                return None  # the session ended before its process was pinned
+            raise
+        except Exception:
+            _log.exception("pinning_failed", session=self.id, box=self.box)
+            return None
+        return None if process is None or process.closed else process
+
+    def _pin(self) -> None:
+        if self._client is not None and self._pinning is None:
+            self._pinning = asyncio.create_task(pin_exec(self._client, self.exec_id))
+
+    def _unpin(self) -> None:
+        """The session ended: let go of its process (the pidfd), now or once it is pinned."""
+        if self._pinning is None:
+            return
+
+        def release(task: asyncio.Task[PinnedProcess | None]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                process = task.result()
+                if process is not None:
+                    process.close()
+
+        if self._pinning.done():
+            release(self._pinning)
+        else:
+            self._pinning.add_done_callback(release)
+            self._pinning.cancel()  # still looking for a process that has ended: stop
 
 
 class SessionManager:
@@ -292,7 +327,7 @@ class SessionManager:
                 raise errors.LimitReached(f"you have {self._max_per_user} sessions open "
                                           "already; close one first")
             for target, fd in request.fds.items():
-                streams[target] = FdStream(fd, writable=target != 0)
+                streams[target] = FdStream(fd, writable=target != 0, what=_STREAM_NAMES[target])
             height, width = _window_size(streams.get(0)) if request.tty else (0, 0)
             size = f"{height} {width}" if height and width else ""
             args = [request.cwd, size, "--login-shell" if request.login_shell else "--",
@@ -320,6 +355,7 @@ class SessionManager:
                           caller_sender=caller_sender, tty=request.tty, exec_id=exec_id,
                           warm_key=warm_key, _client=self._podman)
         self._sessions[session.id] = session
+        session._pin()
         session._task = asyncio.create_task(self._run(session, stream, streams))
         _log.info("session_started", session=session.id, box=request.box, caller_uid=caller_uid,
                   tty=request.tty, warm=started_warm,
@@ -370,6 +406,7 @@ class SessionManager:
                 raw_restore()
             for fd_stream in fds.values():
                 fd_stream.close()
+            session._unpin()
             session.exit_status = status
             session._done.set()
             if session.warm_key is not None:
@@ -631,31 +668,3 @@ def _make_raw(stdin: FdStream | None) -> Callable[[], None] | None:
             termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
     return restore
-
-
-async def run_captured(client: podman.PodmanClient, box: str, argv: list[str], user: str,
-                       stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
-    """Run a short command in a box, feed it `stdin`, collect its output: for boxd's own work in
-    a box, done with the box user's rights rather than the daemon's."""
-    exec_id = await client.exec_create(box, {"Cmd": argv, "User": user, "AttachStdout": True,
-                                             "AttachStderr": True, "Tty": False,
-                                             "AttachStdin": stdin is not None})
-    stream = await client.exec_start(exec_id, tty=False)
-    if stdin is not None:
-        stream.writer.write(stdin)
-        await stream.writer.drain()
-        stream.writer.write_eof()
-    buffer = bytearray(stream.initial)
-    try:
-        while data := await stream.reader.read(1 << 20):
-            buffer += data
-    finally:
-        stream.writer.close()
-    out, err = bytearray(), bytearray()
-    offset = 0
-    while len(buffer) - offset >= _FRAME.size:
-        kind, length = _FRAME.unpack_from(buffer, offset)
-        (err if kind == 2 else out).extend(buffer[offset + _FRAME.size:offset + _FRAME.size
-                                                  + length])
-        offset += _FRAME.size + length
-    return await exit_status(client, exec_id), bytes(out), bytes(err)

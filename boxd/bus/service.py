@@ -152,9 +152,10 @@ class BoxInterface(ServiceInterface):
         self.info = info
 
     async def _authorized_name(self, what: str, action: str = authz.MANAGE_OWN_BOX,
-                               extra: dict[str, str] | None = None) -> str:
+                               extra: dict[str, str] | None = None,
+                               as_owner: bool = False) -> str:
         await self._service.authz.require_box(current_caller(), self.info.owner, self.info.name,
-                                              action, what, extra)
+                                              action, what, extra, as_owner)
         return self.info.name
 
     async def authorize_read(self, caller: Caller) -> None:
@@ -190,7 +191,8 @@ class BoxInterface(ServiceInterface):
     @method()
     async def Configure(self, changes: "a{sv}"):
         options = unpack_options(changes)
-        await self._service.manager.configure(await self._authorized_name("configure"), options)
+        name = await self._authorized_name("configure", as_owner=True)
+        await self._service.manager.configure(name, options)
 
     @method()
     async def Spawn(self, cwd: "ay", argv: "aay", fds: "a{uh}", env: "a{ss}",
@@ -209,7 +211,8 @@ class BoxInterface(ServiceInterface):
         as_root = opts.get("root", False)
         name = await self._authorized_name(
             "run a command as root in" if as_root else "run a command in",
-            authz.SPAWN_AS_ROOT if as_root else authz.SPAWN_OWN_BOX, {"command": command})
+            authz.SPAWN_AS_ROOT if as_root else authz.SPAWN_OWN_BOX, {"command": command},
+            as_owner=True)
         own_fds = {target: os.dup(fd) for target, fd in fds.items()}
         tty = opts.get("tty", 0 in own_fds and os.isatty(own_fds[0]))
         session = await self._service.manager.spawn(
@@ -221,24 +224,24 @@ class BoxInterface(ServiceInterface):
     @method()
     async def ExportApp(self, app: "s") -> "as":
         limits.string(app, "the application's name")
-        name = await self._authorized_name("export from")
+        name = await self._authorized_name("export from", as_owner=True)
         return (await self._service.manager.export(name, "app", app)).files
 
     @method()
     async def ExportBin(self, path: "s") -> "as":
         limits.string(path, "the path")
-        name = await self._authorized_name("export from")
+        name = await self._authorized_name("export from", as_owner=True)
         return (await self._service.manager.export(name, "bin", path)).files
 
     @method()
     async def GenerateEntry(self) -> "as":
-        name = await self._authorized_name("make a launcher for")
+        name = await self._authorized_name("make a launcher for", as_owner=True)
         return (await self._service.manager.export(name, "launcher")).files
 
     @method()
     async def Unexport(self, export_name: "s"):
         limits.string(export_name, "the export's name")
-        name = await self._authorized_name("change the exports of")
+        name = await self._authorized_name("change the exports of", as_owner=True)
         await self._service.manager.unexport(name, export_name)
 
     @method()
