@@ -57,3 +57,7 @@ class LimitReached(BoxdError):
 
 class ConfigError(BoxdError):
     code = "ConfigError"
+
+
+class UnknownMethod(BoxdError):
+    code = "UnknownMethod"
