@@ -31,11 +31,6 @@ def may_see(viewer_uid: int, owner: int | None, sees_all: bool) -> bool:
     return owner is None or viewer_uid in (0, owner) or sees_all
 
 
-def needs_entitlement(viewer_uid: int, owners: Iterable[int | None]) -> bool:
-    """Whether polkit must be asked at all: only if something belongs to somebody else."""
-    return viewer_uid != 0 and any(o is not None and o != viewer_uid for o in owners)
-
-
 def is_node(path: str, visible: Iterable[str]) -> bool:
     """A path is in the caller's tree if an object they see is at it or below it."""
     if path == "/":
@@ -86,9 +81,12 @@ class Audience:
             self._entitled.popitem(last=False)
         return answer
 
-    async def may_see(self, caller: Caller, owner: int | None) -> bool:
-        """may_see(), asking polkit only for somebody else's object."""
-        return may_see(caller.uid, owner, False) or await self.sees_all(caller)
+    async def may_see(self, caller: Caller, owner: int | None, exists: bool = True) -> bool:
+        """may_see(), asking polkit only when the object is not the caller's own, and as much
+        for a missing object as for somebody else's: how long the answer takes tells nothing."""
+        if exists and may_see(caller.uid, owner, False):
+            return True
+        return await self.sees_all(caller) and exists
 
     def entitled(self, sender: str) -> bool:
         """The last answer for this connection (no polkit round trip: signals cannot wait)."""

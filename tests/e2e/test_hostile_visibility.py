@@ -87,9 +87,11 @@ def test_alices_box_job_and_session_are_invisible_to_bob(boxd_bed, alice, bob, a
         bob_sees_nothing_of(boxd_bed, other, [PATH, *jobs])
         others_see(boxd_bed, [boss, None], [PATH, *jobs])
 
-        # A session of alice's, running.
-        session = subprocess.Popen(boxctl_argv(boxd_bed, owner, "run", NAME, "--", "sleep",
-                                               "300"),
+        # A session of alice's, running until the test lets it end (a file in the box's own
+        # /var/tmp: /tmp is the host's).
+        session = subprocess.Popen(boxctl_argv(boxd_bed, owner, "run", NAME, "--", "sh", "-c",
+                                               "until [ -e /var/tmp/vis-done ]; do sleep 0.2; "
+                                               "done"),
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, cwd="/")
         def alice_has_a_session() -> bool:
@@ -103,8 +105,8 @@ def test_alices_box_job_and_session_are_invisible_to_bob(boxd_bed, alice, bob, a
         for path in sessions:
             reply = boxd_bed.call(path, SESSION, "Signal", "i", [15], user=other)
             assert reply["error"] == ERR + "NotFound", reply
-            assert boxd_bed.call(path, SESSION, "Signal", "i", [15], user=owner) == {"body": []}
-        assert session.wait(timeout=120) != 0
+        boxd_bed.exec_in(NAME, "touch /var/tmp/vis-done")
+        assert session.wait(timeout=120) == 0
 
         assert boxd_bed.box(NAME, "Stop", user=owner) == {"body": []}
         during = probes(boxd_bed, other, PATH)
@@ -123,12 +125,10 @@ def test_alices_box_job_and_session_are_invisible_to_bob(boxd_bed, alice, bob, a
         assert about_boxes == [], about_boxes
         assert "alice" not in json.dumps(seen[other])
     finally:
-        if session is not None and session.poll() is None:
-            for path in sessions:  # killing runuser would leave boxctl running
-                boxd_bed.call(path, SESSION, "Signal", "i", [9], user=owner)
-            session.wait(timeout=60)
+        boxd_bed.box(NAME, "Remove", "b", [True])  # also ends a session left running
+        if session is not None:
+            session.wait(timeout=120)
         for listener in listeners.values():
             if listener.proc.poll() is None:
                 listener.proc.stdin.close()
                 listener.proc.wait(timeout=30)
-        boxd_bed.box(NAME, "Remove", "b", [True])

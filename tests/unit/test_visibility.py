@@ -25,12 +25,6 @@ def test_may_see():
     assert visibility.may_see(0, ALICE, False)           # root
 
 
-def test_polkit_is_asked_only_for_somebody_elses_objects():
-    assert not visibility.needs_entitlement(BOB, [None, BOB, BOB])
-    assert visibility.needs_entitlement(BOB, [None, BOB, ALICE])
-    assert not visibility.needs_entitlement(0, [ALICE])
-
-
 def test_tree_nodes_and_children():
     visible = ["/io/github/boxd1", BOX + "bobs", BOX + "bobs2", "/io/github/boxd1/job/3"]
     assert visibility.children("/", visible) == ["io"]
@@ -66,7 +60,13 @@ async def test_audience_caches_and_refreshes_polkits_answer():
     assert await audience.sees_all(admin) and not await audience.sees_all(bob)
     assert await audience.sees_all(admin) and asked == [":1.5", ":1.6"]
     assert await audience.may_see(bob, BOB) and asked == [":1.5", ":1.6"]
+    # Somebody else's object and a missing one cost the same question.
+    fresh = Caller(":1.8", BOB, 4, False)
+    answers[":1.8"] = False
+    assert not await audience.may_see(fresh, None, exists=False) and asked[-1] == ":1.8"
     assert await audience.sees_all(Caller(":1.7", 0, 3, False))  # root: no question
+    del answers[":1.8"]
+    audience.forget(":1.8")
     callers = {":1.4": ALICE, ":1.5": ADMIN, ":1.6": BOB, ":1.7": 0}
     assert audience.recipients(ALICE, callers) == [":1.4", ":1.5", ":1.7"]
     assert audience.recipients(BOB, callers) == [":1.5", ":1.6", ":1.7"]
