@@ -61,3 +61,13 @@ class ConfigError(BoxdError):
 
 class UnknownMethod(BoxdError):
     code = "UnknownMethod"
+
+
+class TooLarge(BoxdError):
+    """An input over one of boxd's size limits (boxd/limits.py, boxd/bus/wire.py)."""
+
+    code = "TooLarge"
+
+
+class TooManyCalls(BoxdError):
+    code = "TooManyCalls"
