@@ -87,6 +87,3 @@ class Authorizer:
             return await self._policy.check(caller.sender, MANAGE_ANY_BOX, {}, False)
         except AccessDenied:
             return False  # polkit is down: a listing still shows the caller's own boxes
-
-    def sees(self, caller: Caller, owner: int, sees_all: bool) -> bool:
-        return sees_all or caller.uid == owner

@@ -64,6 +64,10 @@ class ConfigError(BoxdError):
     code = "ConfigError"
 
 
+class UnknownMethod(BoxdError):
+    code = "UnknownMethod"
+
+
 class TooLarge(BoxdError):
     """An input over one of boxd's size limits (boxd/limits.py, boxd/bus/wire.py)."""
 

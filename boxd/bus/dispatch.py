@@ -5,8 +5,10 @@ calling, and it sends Python tracebacks to callers when a method raises. This di
 calls to boxd's objects first (through dbus-next's public message-handler hook), resolves the
 sender's credentials from the bus, runs the method with the caller in a context variable, and
 turns every failure into a named io.github.boxd1.Error.* with one plain sentence. It also serves
-Properties and GetManagedObjects itself, so that reading a box's details is authorized like any
-other call, and it keeps dbus-next from broadcasting objects to everyone on the bus.
+Properties, Introspect and GetManagedObjects itself, so that reading a box's details is authorized
+like any other call, and it keeps dbus-next from broadcasting objects to everyone on the bus.
+Who sees which object is boxd.bus.visibility's: an object a caller may not see answers exactly
+as a path with no object does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dbus_next.service import ServiceInterface
 
 from boxd import errors, log
 from boxd.authz import Caller
-from boxd.bus import wire
+from boxd.bus import visibility, wire
 from boxd.bus.wire import RejectedMessage, close_fds
 from boxd.paths import describe_missing
 
@@ -48,6 +50,7 @@ def current_caller() -> Caller:
 PROPERTIES = "org.freedesktop.DBus.Properties"
 PEER = "org.freedesktop.DBus.Peer"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 # An extra handler: (caller, message) -> (reply signature, reply body)
 Handler = Callable[[Caller, Message], Awaitable[tuple[str, list[Any]]]]
 
@@ -72,7 +75,8 @@ class Dispatcher:
         self._credentials: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._extra: dict[tuple[str, str], Handler] = {}
-        self._paths: dict[str, int] = {}  # exported path -> how many of our interfaces
+        self._paths: dict[str, list[ServiceInterface]] = {}  # exported path -> our interfaces
+        self.audience = visibility.Audience()
         self._calls: Counter[int] = Counter()  # uid -> calls being served
         self._lookups: dict[str, asyncio.Future[tuple[int, int]]] = {}  # sender -> asking
         self._handed_off: asyncio.Task[None] | None = None
@@ -89,15 +93,49 @@ class Dispatcher:
     def export(self, path: str, interface: ServiceInterface) -> None:
         methods = {m.name: m for m in wire.methods_of(interface) if not m.disabled}
         self._objects[(path, interface.name)] = (interface, methods)
-        self._paths[path] = self._paths.get(path, 0) + 1
+        self._paths.setdefault(path, []).append(interface)
         self.bus.export(path, interface)
 
     def unexport(self, path: str, interface: ServiceInterface) -> None:
         if self._objects.pop((path, interface.name), None) is not None:
-            self._paths[path] -= 1
+            self._paths[path].remove(interface)
             if not self._paths[path]:
                 del self._paths[path]
         self.bus.unexport(path, interface)
+
+    # -- visibility (rules in boxd.bus.visibility) ---------------------------------------------
+    def _owner(self, path: str) -> int | None:
+        """The uid an object belongs to (its interfaces' owner_uid), None for a public one."""
+        for interface in self._paths.get(path, ()):
+            owner = getattr(interface, "owner_uid", None)
+            if owner is not None:
+                return int(owner)
+        return None
+
+    async def may_see(self, caller: Caller, path: str) -> bool:
+        return (await self.audience.may_see(caller, self._owner(path), path in self._paths)
+                and path in self._paths)  # still there after polkit answered
+
+    async def _require_visible(self, caller: Caller, path: str) -> None:
+        if not await self.may_see(caller, path):
+            raise errors.NotFound(describe_missing(path))
+
+    async def _visible_paths(self, caller: Caller) -> list[str]:
+        # Asked even when every object is the caller's: the time taken must not tell.
+        sees_all = await self.audience.sees_all(caller)
+        return [p for p in self._paths
+                if visibility.may_see(caller.uid, self._owner(p), sees_all)]
+
+    def signal(self, path: str, interface: str, member: str, signature: str, body: list[Any],
+               *, owner: int | None = None, to: str | None = None) -> None:
+        """Send a signal unicast, never to the whole bus: to the connection `to` alone, or else
+        to every connection that has called boxd and may see an object of `owner`."""
+        recipients = [to] if to is not None else self.audience.recipients(
+            owner, self.known_callers())
+        for destination in recipients:
+            self.bus.send(Message(message_type=MessageType.SIGNAL, destination=destination,
+                                  path=path, interface=interface, member=member,
+                                  signature=signature, body=body))
 
     def _on_message(self, msg: Message) -> bool:
         """Every message boxd receives passes here first, and its fds are closed here, on
@@ -130,32 +168,15 @@ class Dispatcher:
             self._start(self._serve_extra(msg, extra))
             return True
         if interface_name == PROPERTIES:
-            if msg.path not in self._paths:  # dbus-next's answer logs a traceback
-                self._reply(msg, Message.new_error(msg, ERROR_PREFIX + "NotFound",
-                                                   describe_missing(msg.path)))
-                return True
             self._start(self._serve_properties(msg))
+            return True
+        # (Introspect with arguments is dbus-next's UnknownMethod, the same on every path.)
+        if interface_name == INTROSPECTABLE and msg.member == "Introspect" and not msg.signature:
+            self._start(self._serve_introspect(msg))
             return True
         if not interface_name.startswith(self._prefix):
             return False
-        entry = self._objects.get((msg.path, msg.interface))
-        if entry is None:
-            self._reply(msg, Message.new_error(msg, ERROR_PREFIX + "NotFound",
-                                               describe_missing(msg.path)))
-            return True
-        interface, methods = entry
-        method = methods.get(msg.member)
-        if method is None:
-            self._reply(msg, Message.new_error(
-                msg, ERROR_PREFIX + "UnknownMethod", f"{msg.interface} has no method {msg.member}"))
-            return True
-        if msg.signature != method.in_signature:
-            self._reply(msg, Message.new_error(
-                msg, ERROR_PREFIX + "InvalidArgument",
-                f"{msg.member} takes arguments of type ({method.in_signature}), "
-                f"not ({msg.signature})"))
-            return True
-        self._start(self._serve(msg, interface, method))
+        self._start(self._serve(msg))
         return True
 
     def _peer(self, msg: Message) -> Message:
@@ -191,6 +212,7 @@ class Dispatcher:
 
         async def run() -> Message:
             caller = await self._caller(msg)
+            await self._require_visible(caller, msg.path)
             name = msg.body[0] if msg.body and isinstance(msg.body[0], str) else ""
             entry = self._objects.get((msg.path, name))
             if entry is None:
@@ -214,6 +236,23 @@ class Dispatcher:
                 raise errors.AccessDenied("boxd's properties are read-only")
             raise errors.InvalidArgument(f"Properties.{msg.member} with ({msg.signature}) "
                                          "is not a call boxd knows")
+
+        await self._answer(msg, run)
+
+    async def _serve_introspect(self, msg: Message) -> None:
+        """The object tree as this caller may see it: nodes on the way to their objects only."""
+
+        async def run() -> Message:
+            caller = await self._caller(msg)
+            visible = await self._visible_paths(caller)
+            if msg.path in visible:
+                interfaces = [i.introspect() for i in self._paths[msg.path]]
+            elif visibility.is_node(msg.path, visible):
+                interfaces = None
+            else:
+                raise errors.NotFound(describe_missing(msg.path))
+            return Message.new_method_return(
+                msg, "s", [visibility.introspection(msg.path, interfaces, visible)])
 
         await self._answer(msg, run)
 
@@ -252,9 +291,22 @@ class Dispatcher:
                   duration_ms=round((time.monotonic() - started) * 1000, 1), **outcome)
         self._reply(msg, reply)
 
-    async def _serve(self, msg: Message, interface: ServiceInterface, method: Any) -> None:
+    async def _serve(self, msg: Message) -> None:
         async def run() -> Message:
-            await self._caller(msg)
+            caller = await self._caller(msg)
+            # Before anything that depends on the object: an unseen one must answer as none.
+            await self._require_visible(caller, msg.path)
+            entry = self._objects.get((msg.path, msg.interface or ""))
+            if entry is None:
+                raise errors.NotFound(describe_missing(msg.path))
+            interface, methods = entry
+            method = methods.get(msg.member)
+            if method is None:
+                raise errors.UnknownMethod(f"{msg.interface} has no method {msg.member}")
+            if msg.signature != method.in_signature:
+                raise errors.InvalidArgument(
+                    f"{msg.member} takes arguments of type ({method.in_signature}), "
+                    f"not ({msg.signature})")
             try:
                 args = wire.args_of(msg)
             except (IndexError, TypeError):
@@ -268,6 +320,7 @@ class Dispatcher:
 
     def forget_sender(self, sender: str) -> None:
         self._credentials.pop(sender, None)
+        self.audience.forget(sender)
 
     def _reply(self, msg: Message, reply: Message) -> None:
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:

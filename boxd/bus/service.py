@@ -10,8 +10,9 @@ from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, m
 
 from boxd import __version__, authz, limits, manifest
 from boxd.authz import Authorizer, Caller
+from boxd.bus import visibility
 from boxd.bus.dispatch import Dispatcher, current_caller
-from boxd.errors import AccessDenied, InvalidArgument
+from boxd.errors import AccessDenied, InvalidArgument, NotFound
 from boxd.jobs import Job, JobManager, Layer
 from boxd.manager import BoxInfo, BoxManager
 from boxd.model import validate_image
@@ -60,6 +61,11 @@ class SessionInterface(ServiceInterface):
         self._service = service
         self.session = session
 
+    @property
+    def owner_uid(self) -> int:
+        """Who may see this object (boxd.bus.visibility): the caller who spawned it."""
+        return self.session.caller_uid
+
     def _authorize(self, caller: Caller | None = None) -> Session:
         if (caller or current_caller()).uid not in (0, self.session.caller_uid):
             raise AccessDenied("this session belongs to another caller")
@@ -103,6 +109,11 @@ class JobInterface(ServiceInterface):
     def __init__(self, job: Job) -> None:
         super().__init__(JOB_INTERFACE)
         self.job = job
+
+    @property
+    def owner_uid(self) -> int:
+        """Who may see this object (boxd.bus.visibility): the caller who started it."""
+        return self.job.caller_uid
 
     def _authorize(self, caller: Caller) -> None:
         if caller.uid not in (0, self.job.caller_uid):
@@ -150,6 +161,11 @@ class BoxInterface(ServiceInterface):
         super().__init__("io.github.boxd1.Box")
         self._service = service
         self.info = info
+
+    @property
+    def owner_uid(self) -> int:
+        """Who may see this object (boxd.bus.visibility): the box's owner."""
+        return self.info.owner
 
     async def _authorized_name(self, what: str, action: str = authz.MANAGE_OWN_BOX,
                                extra: dict[str, str] | None = None,
@@ -316,7 +332,15 @@ class ManagerInterface(ServiceInterface):
     @method()
     async def GetBox(self, name: "s") -> "o":
         limits.string(name, "the box name")
-        box = self._service.manager.get(name)
+        try:
+            box: BoxInfo | None = self._service.manager.get(name)
+        except NotFound:
+            box = None
+        # Somebody else's box answers as a name nobody has, in as much time.
+        if box is None or not await self._service.dispatcher.audience.may_see(
+                current_caller(), box.owner):
+            await self._service.dispatcher.audience.may_see(current_caller(), None, False)
+            raise NotFound(f"there is no box named {name!r}")
         await self._service.authz.require_box(current_caller(), box.owner, box.name,
                                               authz.MANAGE_OWN_BOX, "see")
         return box_path(box.name)
@@ -408,34 +432,26 @@ class BoxdService:
         jobs.observer = self  # type: ignore[assignment]
         manager.observer = self
         manager.sessions.on_exit = self._session_exited
+        dispatcher.audience.check = lambda caller: self.authz.sees_all(caller)
         dispatcher.export(MANAGER_PATH, self.manager_interface)
         dispatcher.bus.add_message_handler(self._on_name_owner_changed)
         dispatcher.handle("org.freedesktop.DBus.ObjectManager", "GetManagedObjects",
                           self._get_managed_objects)
 
     async def visible_boxes(self, caller: Caller) -> list[BoxInfo]:
-        boxes = self.manager.boxes()
-        others = any(b.owner != caller.uid for b in boxes)
-        sees_all = others and await self.authz.sees_all(caller)
-        return [b for b in boxes if self.authz.sees(caller, b.owner, sees_all)]
+        sees_all = await self.dispatcher.audience.sees_all(caller)  # even if all are theirs
+        return [b for b in self.manager.boxes()
+                if visibility.may_see(caller.uid, b.owner, sees_all)]
 
     async def _get_managed_objects(self, caller: Caller, msg: Message
                                    ) -> tuple[str, list[Any]]:
         if msg.path != MANAGER_PATH:
             return "a{oa{sa{sv}}}", [{}]
+        # An ObjectManager client starts here, and this settles whether everyone's box signals
+        # are its to get (visible_boxes asks polkit even while every box is its own).
         objects = {box_path(b.name): {"io.github.boxd1.Box": _box_properties(b)}
                    for b in await self.visible_boxes(caller)}
         return "a{oa{sa{sv}}}", [objects]
-
-    def _send_private(self, owner: int, path: str, interface: str, member: str,
-                      signature: str, body: list[Any]) -> None:
-        """A signal about a box goes to the connections of its owner and of root that have
-        talked to boxd, never to the whole bus."""
-        for sender, uid in self.dispatcher.known_callers().items():
-            if uid in (owner, 0):
-                self.dispatcher.bus.send(Message(
-                    message_type=MessageType.SIGNAL, destination=sender, path=path,
-                    interface=interface, member=member, signature=signature, body=body))
 
     async def watch_callers(self) -> None:
         """Subscribe to NameOwnerChanged, to end the sessions of callers who leave the bus."""
@@ -471,10 +487,8 @@ class BoxdService:
         return JOB_PATH_PREFIX + job.id
 
     def _job_signal(self, job: Job, member: str, signature: str, body: list[Any]) -> None:
-        self.dispatcher.bus.send(Message(
-            message_type=MessageType.SIGNAL, destination=job.caller_sender,
-            path=JOB_PATH_PREFIX + job.id, interface=JOB_INTERFACE, member=member,
-            signature=signature, body=body))
+        self.dispatcher.signal(JOB_PATH_PREFIX + job.id, JOB_INTERFACE, member, signature, body,
+                               to=job.caller_sender)
 
     def progress(self, job: Job, layer: str, info: Layer) -> None:
         self._job_signal(job, "Progress", "sstt", [layer, info.status, info.current, info.total])
@@ -508,10 +522,8 @@ class BoxdService:
             return
         assert session.exit_status is not None
         # Session state goes to the caller who spawned it, not to everyone on the bus.
-        self.dispatcher.bus.send(Message(
-            message_type=MessageType.SIGNAL, destination=session.caller_sender,
-            path=SESSION_PATH_PREFIX + session.id, interface=SESSION_INTERFACE,
-            member="Exited", signature="i", body=[session.exit_status]))
+        self.dispatcher.signal(SESSION_PATH_PREFIX + session.id, SESSION_INTERFACE, "Exited",
+                               "i", [session.exit_status], to=session.caller_sender)
         self._lingering[session.id] = asyncio.get_running_loop().call_later(
             SESSION_LINGER, self.session_collected, session)
 
@@ -535,8 +547,8 @@ class BoxdService:
         self._boxes[box.name] = interface
         path = box_path(box.name)
         self.dispatcher.export(path, interface)
-        self._send_private(box.owner, MANAGER_PATH, OBJECT_MANAGER, "InterfacesAdded",
-                           "oa{sa{sv}}", [path, {interface.name: _box_properties(box)}])
+        self.dispatcher.signal(MANAGER_PATH, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
+                               [path, {interface.name: _box_properties(box)}], owner=box.owner)
 
     def box_changed(self, box: BoxInfo, changed: list[str]) -> None:
         interface = self._boxes.get(box.name)
@@ -546,14 +558,15 @@ class BoxdService:
         interface.info = box
         props = {_PROPERTY_OF[f]: getattr(box, f) for f in changed if f in _PROPERTY_OF}
         if props:
-            self._send_private(box.owner, box_path(box.name), "org.freedesktop.DBus.Properties",
-                               "PropertiesChanged", "sa{sv}as",
-                               [interface.name, {k: Variant(_SIGNATURE_OF[k], v)
-                                                 for k, v in props.items()}, []])
+            self.dispatcher.signal(box_path(box.name), "org.freedesktop.DBus.Properties",
+                                   "PropertiesChanged", "sa{sv}as",
+                                   [interface.name, {k: Variant(_SIGNATURE_OF[k], v)
+                                                     for k, v in props.items()}, []],
+                                   owner=box.owner)
 
     def box_removed(self, box: BoxInfo) -> None:
         interface = self._boxes.pop(box.name, None)
         if interface is not None:
             self.dispatcher.unexport(box_path(box.name), interface)
-            self._send_private(box.owner, MANAGER_PATH, OBJECT_MANAGER, "InterfacesRemoved",
-                               "oas", [box_path(box.name), [interface.name]])
+            self.dispatcher.signal(MANAGER_PATH, OBJECT_MANAGER, "InterfacesRemoved", "oas",
+                                   [box_path(box.name), [interface.name]], owner=box.owner)
