@@ -81,6 +81,9 @@ if [ -n "$__boxd_login" ]; then
     PATH=${__BOXD_PATH:-$__boxd_path}
 fi
 unset __boxd_login __boxd_mine __boxd_path __boxd_shell __boxd_out __boxd_t __BOXD_PATH
+# A login's soft limit on open files (podman gives its execs its own, up to a million): what
+# select(2)-era programs expect, as Toolbx boxes have the host's.
+ulimit -S -n 1024 2>/dev/null || :
 # What a shell would say (and its status), not sh's own words with this script's name and line.
 case $1 in
 */*)
