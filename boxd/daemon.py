@@ -95,12 +95,19 @@ async def serve(cfg: config.Config) -> int:
     disconnected = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait([asyncio.create_task(stop.wait()), disconnected, follower],
                        return_when=asyncio.FIRST_COMPLETED)
+    crashed = follower.done()  # it retries podman's own failures for ever: its end is a bug
+    crash = follower.exception() if crashed and not follower.cancelled() else None
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await follower
     manager.sessions.warm.close()  # the launchers waiting in boxes leave
     await asyncio.sleep(0)
     await client.aclose()
+    if crashed:
+        # Exit non-zero (Restart=on-failure restarts it), with the traceback in the log.
+        _log.error("crashed", exc_info=crash or RuntimeError("the podman follower ended"))
+        bus.disconnect()
+        return 1
     if disconnected.done():
         _log.error("bus_lost")
         return 1
