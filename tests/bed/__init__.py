@@ -185,6 +185,17 @@ class Podman:
     def inspect(self, name: str) -> dict:
         return json.loads(_curl(self.socket, f"/containers/{name}/json"))
 
+    def running_execs(self, name: str) -> list[str]:
+        """The container's exec sessions whose process runs (podman lists ended ones too)."""
+        running = []
+        for exec_id in self.inspect(name).get("ExecIDs") or []:
+            try:
+                if json.loads(_curl(self.socket, f"/exec/{exec_id}/json")).get("Running"):
+                    running.append(exec_id)
+            except subprocess.CalledProcessError:
+                pass  # gone meanwhile
+        return running
+
     def inspect_image(self, reference: str) -> dict:
         return json.loads(_curl(self.socket, f"/images/{reference}/json"))
 

@@ -189,7 +189,10 @@ def test_box_stopped_behind_boxds_back_runs_first_time(faults_bed, alice, stoppe
     for _ in range(2):  # the second run finds the warm exec the first asked for
         ran = boxctl(boxd, user, "run", name, "--", "true")
         assert ran.returncode == 0, ran.stderr
-    bed.wait_for(lambda: boxd.podman.inspect(name).get("ExecIDs"), 30, "warm execs in the box")
+    # The warm execs are up (launchers waiting for a request): the ones the stop must not
+    # leave behind for the next run.
+    bed.wait_for(lambda: len(boxd.podman.running_execs(name)) >= 2, 30, "warm execs in the box",
+                 interval=0.2)
     # podman itself stops it: as a local podman on the bed's storage, or through the service.
     if stopper == "local":
         boxd.podman.run_cli("stop", "--time", "0", name)
