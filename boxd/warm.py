@@ -136,7 +136,10 @@ class WarmPool:
         # connections open, and podman forgets them (404) once it cleans the container up.
         try:
             running = bool((await self._podman.exec_inspect(entry.exec_id)).get("Running"))
-        except podman.PodmanError:
+        except podman.PodmanUnavailable:
+            entry.close()  # podman is away: so is this exec's stream, and a cold one would wait
+            raise
+        except podman.ApiError:
             running = False
         if not running or not entry.alive:
             _log.info("warm_stale", box=key.box, exec_id=entry.exec_id)
