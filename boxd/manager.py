@@ -286,6 +286,13 @@ class BoxManager:
 
         async with self._lock(name):
             box = self.get(name)
+            if box.state != "running":
+                # Whatever state an earlier start, podman or anyone else left, go by podman's
+                # word: a box running already has nothing to wait for (its entry point said
+                # ready to a token of before).
+                with self._podman_errors():
+                    box = _from_inspect(await self._podman.inspect_container(name))
+                self._upsert(box)
             if box.state == "running":
                 return box
             owner = self._owner_lookup(box.owner)
