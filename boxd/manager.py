@@ -655,6 +655,10 @@ class BoxManager:
     def _podman_errors(self):  # type: ignore[no-untyped-def]
         try:
             yield
+        except podman.PodmanTimeout:
+            raise errors.PodmanUnavailable(
+                f"podman at {self._config.podman_socket} did not answer within "
+                f"{self._config.podman_timeout:g} s; is it stopped or overloaded?") from None
         except podman.PodmanUnavailable:
             raise errors.PodmanUnavailable(
                 f"podman is not reachable at {self._config.podman_socket}; "

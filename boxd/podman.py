@@ -27,6 +27,11 @@ class PodmanUnavailable(PodmanError):
     """The socket is missing, refuses connections, or the service did not answer in time."""
 
 
+class PodmanTimeout(PodmanUnavailable):
+    """The service took the call but did not answer within the client's timeout (frozen or
+    overloaded)."""
+
+
 class ApiError(PodmanError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"podman answered {status}: {message}")
@@ -78,7 +83,7 @@ class PodmanClient:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException:
-            raise PodmanUnavailable(
+            raise PodmanTimeout(
                 f"podman at {self.socket_path} did not answer in time") from None
         except (httpx.TransportError, OSError) as exc:
             # Any transport failure (refused, reset, closed mid-answer) is podman being away,
@@ -178,7 +183,7 @@ class PodmanClient:
             if writer is not None:
                 writer.close()
             if isinstance(exc, TimeoutError):
-                raise PodmanUnavailable("podman did not start the exec session in time") from None
+                raise PodmanTimeout("podman did not start the exec session in time") from None
             if isinstance(exc, h11.RemoteProtocolError):
                 raise PodmanUnavailable(f"podman sent a malformed answer: {exc}") from None
             if isinstance(exc, OSError):

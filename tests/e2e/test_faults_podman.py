@@ -99,6 +99,7 @@ def test_frozen_podman_fails_calls_in_time_and_comes_back(podman_back, alice):
         reply = boxd.manager("ListImages", user=user)
         took = time.monotonic() - began
         assert reply.get("error") == ERR + "PodmanUnavailable", reply
+        assert "did not answer within" in reply["message"], reply
         assert took < PODMAN_TIMEOUT + MARGIN, took
         # The probe notices a podman that keeps its socket open and says nothing.
         wait_available(boxd, False, timeout=PODMAN_TIMEOUT + MARGIN + 10)
