@@ -196,6 +196,7 @@ class Bench:
         self.distrobox = Distrobox(self.user)
         self.results: list[Result] = []
         self.notes: list[str] = []
+        self.baselines = True  # set up Toolbx and Distrobox (groups that compare need them)
 
     # -- set-up --------------------------------------------------------------------------------
     def up(self) -> None:
@@ -208,6 +209,9 @@ class Bench:
         self.daemon.start()
         self.boxctl("create", BOX)
         self.boxctl("start", BOX)
+        if not self.baselines:
+            self.distrobox.reason = "not needed by the groups run"
+            return
         if shutil.which("toolbox"):
             self.run(["toolbox", "create", "--image", bed.DEBIAN_IMAGE, "-c", TOOLBOX])
             self.run(["toolbox", "run", "-c", TOOLBOX, "true"])
@@ -435,6 +439,7 @@ class Bench:
     def daemon_footprint(self, boxes: int = 100, sessions: int = 50) -> None:
         pid = self.daemon.proc.pid
         self.footprint.append(("daemon RSS, idle, 1 box", f"{_rss_mib(pid):.1f} MiB"))
+        self._memory_after_load()
         self.podman.import_image(bed.ensure_rootfs("busybox"), bed.BUSYBOX_IMAGE)
         for i in range(boxes):
             self.run(["busctl", f"--address={self.bus.address}", "call", "io.github.boxd1",
@@ -464,6 +469,182 @@ class Bench:
         self.footprint.append(("daemon CPU while idle for 60 s",
                                f"{(_cpu_seconds(pid) - before) * 1000:.0f} ms"))
         self.footprint.append(("daemon RSS after sessions ended", f"{_rss_mib(pid):.1f} MiB"))
+        self._dead_server_noticed()
+
+    def _load_sessions(self, count: int, at_once: int, size: int) -> tuple[float, list[str]]:
+        """`count` sessions through boxd, `at_once` at a time, each printing `size` bytes to a
+        pipe, each a client of its own (tests/bed/sessions_load.py): seconds they took, and why
+        the first few failed."""
+        from boxd.paths import box_path
+
+        script = (REPO / "tests" / "bed" / "sessions_load.py").read_bytes()
+        started = time.perf_counter()
+        result = subprocess.run(
+            ["runuser", "-u", str(self.user["name"]), "--", sys.executable, "-",
+             self.bus.address, box_path(BOX), str(count), str(at_once), str(size)],
+            input=script, capture_output=True, cwd="/", timeout=1800)
+        elapsed = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"sessions_load exited with {result.returncode}: "
+                               f"{_tail(result.stderr)}")
+        outcome = json.loads(result.stdout)
+        if outcome["ok"] == count:
+            return elapsed, []
+        return elapsed, [f"{count - outcome['ok']} of {count}", *outcome["failures"][:2]]
+
+    def _memory_after_load(self, count: int = 500, at_once: int = 100,
+                           size: int = 4 << 20) -> None:
+        """Issue 12's load (500 sessions of 4 MiB; 100 at once: more new clients at once make
+        boxd's polkit checks exceed the bus's 128 pending replies per connection): the daemon's
+        RSS before, right after, and once the burst is over."""
+        pid = self.daemon.proc.pid
+        self._load_sessions(2 * 20, 20, size)  # warm-up: imports, caches, warm execs
+        time.sleep(5)  # boxd trims its heap 2 s after a burst
+        idle = _rss_mib(pid)
+        elapsed, failed = self._load_sessions(count, at_once, size)
+        loaded = _rss_mib(pid)
+        time.sleep(5)
+        after = _rss_mib(pid)
+        what = f"{count} sessions of {size >> 20} MiB, {at_once} at once"
+        self.footprint += [
+            ("daemon RSS, idle after a warm-up", f"{idle:.1f} MiB"),
+            (f"daemon RSS right after {what} ({elapsed:.0f} s)", f"{loaded:.1f} MiB"),
+            ("daemon RSS 5 s after they ended", f"{after:.1f} MiB ({after - idle:+.1f})")]
+        self.footprint += [("sessions that failed", reason) for reason in failed]
+
+    def _dead_server_noticed(self, rounds: int = 3) -> None:
+        """A client waiting on a session (`sleep 100`) when its server is SIGKILLed: how long
+        until it exits. boxctl run and boxd, side by side with podman exec (the remote client)
+        and podman's REST service. Both servers are started again after each kill."""
+        command = ["sh", "-c", "echo ready; exec sleep 100"]
+        boxctl = self.tools_for(command)["boxctl run"]
+        remote = ["podman", "--url", f"unix://{self.podman.socket}", "exec",
+                  "--user", str(self.user["uid"]), BOX, *command]
+        results = {"boxctl run": Result("client notices its server SIGKILLed", "boxctl run",
+                                         "s"),
+                   "podman exec": Result("client notices its server SIGKILLed", "podman exec",
+                                         "s")}
+        said: dict[str, str] = {}
+        for _ in range(rounds):
+            for tool, argv, kill in (("boxctl run", boxctl, self._kill_daemon),
+                                     ("podman exec", remote, self._kill_podman)):
+                proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+                try:
+                    if proc.stdout.readline() != b"ready\n":
+                        raise RuntimeError(f"{tool}: the session did not start")
+                    started = time.perf_counter()
+                    restart = kill()
+                    proc.wait(300)
+                    results[tool].samples.append(time.perf_counter() - started)
+                    said[tool] = (f"exit {proc.returncode}: "
+                                  f"{_tail(proc.stderr.read(), 1) if proc.stderr else ''}")
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                restart()
+                self._end_sleepers()
+        self.results.extend(results.values())
+        for tool, words in said.items():
+            self.footprint.append((f"{tool} after its server's SIGKILL", words))
+
+    def _kill_daemon(self) -> Callable[[], None]:
+        assert self.daemon.proc is not None
+        self.daemon.proc.kill()
+
+        def restart() -> None:
+            assert self.daemon.proc is not None
+            self.daemon.proc.wait()
+            self.daemon.proc = None
+            self.daemon.start()
+
+        return restart
+
+    def _kill_podman(self) -> Callable[[], None]:
+        assert self.podman.proc is not None
+        self.podman.proc.kill()
+
+        def restart() -> None:
+            assert self.podman.proc is not None
+            self.podman.proc.wait()
+            self.podman.proc = None
+            if os.path.exists(self.podman.socket):
+                os.unlink(self.podman.socket)
+            self.podman.start()
+            # boxd finds podman again on its own: wait for a session to work before going on
+            bed.wait_for(lambda: subprocess.run(
+                self.tools_for(["true"])["boxctl run"], env=self.env, capture_output=True,
+                cwd="/").returncode == 0, 60, "boxd to use podman again")
+
+        return restart
+
+    def _end_sleepers(self) -> None:
+        """End the `sleep 100`s left in the bench's box by killed servers: only processes of
+        that box's own exec sessions (the box shares the host's pid namespace)."""
+        import signal
+
+        info = json.loads(bed._curl(self.podman.socket, f"/containers/{BOX}/json"))
+        for exec_id in info.get("ExecIDs") or []:
+            try:
+                pid = int(json.loads(bed._curl(self.podman.socket,
+                                               f"/exec/{exec_id}/json")).get("Pid") or 0)
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if pid > 1 and cmdline.read() == b"sleep\x00100\x00":
+                        os.kill(pid, signal.SIGKILL)
+            except (subprocess.CalledProcessError, ValueError, OSError):
+                continue  # gone already
+
+    def hostile(self, calls: int = 5000, flood_seconds: float = 20) -> None:
+        """Issue 11's hostile user (tests/bed/hostile.py, as a second unprivileged user): the
+        daemon's open fds before and after `calls` fd-carrying calls down every path; the bench
+        user's ListBoxes latency while the hostile user sends the largest messages the bus
+        takes to every method; the longest event-loop stall the daemon logged meanwhile."""
+        enemy = bed.ensure_user("boxd-bench-hostile", 2202, groups=("boxd",))
+        script = (REPO / "tests" / "bed" / "hostile.py").read_bytes()
+
+        def argv(user: dict, *args: str) -> list[str]:
+            return ["runuser", "-u", str(user["name"]), "--", sys.executable, "-",
+                    self.bus.address, *args]
+
+        def fds() -> int:
+            return len(os.listdir(f"/proc/{self.daemon.proc.pid}/fd"))
+
+        stalls_before = len(self.daemon.log_events("loop_stall"))
+        self.run(argv(enemy, "fds", "300"), input=script)  # warm-up: polkit, caches
+        before = fds()
+        started = time.perf_counter()
+        self.run(argv(enemy, "fds", str(calls)), input=script)
+        elapsed = time.perf_counter() - started
+        deadline = time.monotonic() + 60
+        while fds() > before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.footprint.append((f"daemon open fds before / after {calls} fd-carrying calls "
+                               f"down every path ({elapsed:.1f} s)", f"{before} / {fds()}"))
+        flood = subprocess.Popen(argv(enemy, "flood", str(flood_seconds)), env=self.env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/")
+        try:
+            flood.stdin.write(script)
+            flood.stdin.close()
+            if flood.stdout.readline() != b"flooding\n":
+                raise RuntimeError("the hostile flood did not start")
+            time.sleep(1)
+            probe = self.run(argv(self.user, "probe", "60"), input=script)
+            flooded = json.loads(flood.stdout.read().splitlines()[-1])
+            flood.wait(60)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        latencies = json.loads(probe.stdout.splitlines()[-1])["latencies"]
+        self.results.append(Result("ListBoxes while another user floods", "boxd", "s",
+                                   latencies))
+        self.footprint.append(("hostile flood: messages / MiB sent to boxd",
+                               f"{flooded['sent']} / {flooded['bytes'] / 2**20:.0f}"))
+        stalls = [e["stall_ms"] for e in self.daemon.log_events("loop_stall")[stalls_before:]]
+        self.footprint.append(("longest event-loop stall while hostile input flows",
+                               f"{max(stalls):.0f} ms ({len(stalls)} over 50 ms)" if stalls
+                               else "none over 50 ms"))
 
     # -- report --------------------------------------------------------------------------------
     def table(self) -> str:
@@ -572,7 +753,7 @@ def _fmt(value: float, unit: str) -> str:
 # In the order a full run takes them.
 GROUPS = {"warm": "warm_run", "stream": "stream", "cold": "cold_run",
           "create": "create_and_start", "concurrent": "concurrent", "keystroke": "keystroke",
-          "footprint": "daemon_footprint"}
+          "footprint": "daemon_footprint", "hostile": "hostile"}
 
 
 def main() -> None:
@@ -586,6 +767,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = Bench(args.rounds, args.stream_mib)
     groups = args.only or (["warm", "stream"] if args.quick else list(GROUPS))
+    bench.baselines = not set(groups) <= {"hostile"}
     try:
         bench.up()
         for group in groups:

@@ -8,7 +8,8 @@ from boxd import __version__
 from boxd.model import BoxSettings, Owner
 
 
-def render(*, name: str, hostname: str, owner: Owner, settings: BoxSettings, token: str) -> str:
+def render(*, name: str, hostname: str, owner: Owner, settings: BoxSettings, token: str,
+           groups: tuple[tuple[str, int], ...] = ()) -> str:
     """Every value is quoted with shlex.quote: the file is code run as root in the box."""
     q = shlex.quote
     lines = [
@@ -19,6 +20,8 @@ def render(*, name: str, hostname: str, owner: Owner, settings: BoxSettings, tok
         f"BOXD_UID={owner.uid}",
         f"BOXD_GID={owner.gid}",
         f"BOXD_GROUP={q(owner.group)}",
+        # The owner's host groups this box maps, "name:gid" each: the user joins them in the box.
+        "BOXD_GROUPS=" + q(" ".join(f"{group}:{gid}" for group, gid in groups)),
         f"BOXD_HOME={q(settings.home or owner.home)}",
         f"BOXD_SHELL={q(owner.shell)}",
         f"BOXD_VERSION={q(__version__)}",

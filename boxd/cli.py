@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import argparse
@@ -45,7 +46,6 @@ HINTS = {
     "AuthRequired": "log in to the registry first (as root: podman login REGISTRY)",
     "DiskFull": "free some space (remove unused images with 'boxctl rmi')",
 
-    "PodmanUnavailable": "start podman's service: 'systemctl enable --now podman.socket'",
     "AccessDenied": "ask an administrator, or use a box of your own",
     "Busy": "stop it first with 'boxctl stop NAME', or use 'boxctl rm -f NAME'",
     "LimitReached": "remove a box or end a session; an administrator can raise the limit",
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     rmi = sub.add_parser("rmi", help="remove an image")
     rmi.add_argument("--force", "-f", action="store_true",
                      help="also remove the boxes that use it")
-    rmi.add_argument("reference", metavar="IMAGE", help="its name or id")
+    rmi.add_argument("references", nargs="+", metavar="IMAGE", help="their names or ids")
 
     images = sub.add_parser("images", help="list the images boxes can be created from")
     images.add_argument("--json", action="store_true", help="print JSON")
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="check podman, the bus, polkit, images and your boxes")
 
     completion = sub.add_parser("completion", help="print a shell completion script")
-    completion.add_argument("shell", choices=["bash"], help="the shell")
+    completion.add_argument("shell", choices=["bash", "fish", "zsh"], help="the shell")
 
     quiet_start = "do not show what the box prints while it starts (first-start packages)"
     start = sub.add_parser("start", help="start boxes")
@@ -187,30 +187,6 @@ class UsageError(Exception):
     pass
 
 
-BASH_COMPLETION = r"""# bash completion for boxctl; load with: source <(boxctl completion bash)
-_boxctl() {
-    local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
-    if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "create enter run list ls start stop rm apply export
-                                 generate-entry terminal images image pull rmi doctor completion
-                                 --version --user --help" -- "$cur"))
-        return
-    fi
-    case $verb in
-    enter|start|stop|rm|remove|run|export|generate-entry|terminal)
-        COMPREPLY=($(compgen -W "$(boxctl list --quiet 2>/dev/null)" -- "$cur")) ;;
-    create)
-        COMPREPLY=($(compgen -W "--image --home --volume --env --hostname" -- "$cur")) ;;
-    esac
-    case $verb in
-    enter|start|run)
-        [[ $cur == -* ]] && COMPREPLY=($(compgen -W "--quiet" -- "$cur")) ;;
-    esac
-}
-complete -F _boxctl boxctl
-"""
-
-
 def _from_registry(image: str) -> bool:
     """An image named with a registry (host/...), other than localhost, can be pulled."""
     host = image.split("/", 1)[0] if "/" in image else ""
@@ -236,7 +212,9 @@ def open_terminal(name: str) -> int:
 
 def run(args: argparse.Namespace | SimpleNamespace) -> int:
     if args.verb == "completion":
-        print(BASH_COMPLETION, end="")
+        from boxd.completion import script
+
+        print(script(args.shell), end="")
         return 0
     if args.verb == "terminal":
         return open_terminal(args.name)
@@ -309,7 +287,8 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
             if not args.quiet:
                 print(f"Built the default image ({image_id.removeprefix('sha256:')[:12]})")
         elif args.verb == "rmi":
-            client.manager("RemoveImage", "sb", (args.reference, args.force))
+            for reference in args.references:
+                client.manager("RemoveImage", "sb", (reference, args.force))
         elif args.verb in ("list", "ls"):
             boxes = client.manager("ListBoxes")[0]
             if args.quiet:
@@ -343,6 +322,8 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
 
 
 def _print_list(boxes: list[list[Any]], as_json: bool) -> None:
+    if not boxes and not as_json:
+        return  # as Toolbx: no header over nothing
     rows = [{"name": b[1], "id": b[2][:12], "image": b[3], "state": b[4], "owner": b[5]}
             for b in boxes]
     _print_table(rows, {"name": "NAME", "id": "ID", "image": "IMAGE", "state": "STATE",
@@ -434,10 +415,26 @@ def _with_default_box(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+# What bare `boxctl` lists, as Toolbx lists its common commands.
+COMMON_COMMANDS = [("create", "create a box"), ("enter", "open your shell in a box"),
+                   ("list", "list your boxes"), ("rm", "remove boxes"),
+                   ("run", "run a command in a box")]
+GLOBAL_OPTIONS = {"--version", "--user", "-h", "--help"}
+
+
 def parse_with_argparse(argv: list[str]) -> argparse.Namespace:
     """argparse, plus run's command: everything after `--`, or after the options (Toolbx style)."""
     parser = build_parser()
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    unknown = [a for a in argv[:at] if a.split("=")[0] not in GLOBAL_OPTIONS]
+    if unknown:  # else argparse would only say that COMMAND is missing
+        parser.error(f"unrecognized option '{unknown[0]}'")
+    if at == len(argv) and not set(argv) & {"--version", "-h", "--help"}:
+        lines = ["boxctl: missing command", "These are some common commands:"]
+        lines += [f"  {verb:<8}{what}" for verb, what in COMMON_COMMANDS]
+        lines.append("Run 'boxctl --help' for all of them.")
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(2)
     if argv[at:at + 1] != ["run"]:  # the verb is the first word; `enter run` enters box run
         return _with_default_box(parser.parse_args(argv))
     head, rest = argv[:at + 1], argv[at + 1:]
@@ -463,45 +460,88 @@ def parse_with_argparse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    closed = _guard_stdio()
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
         status = run(args)
+        if 1 not in closed:
+            sys.stdout.flush()  # here, where a reader gone away can still end us quietly
     except UsageError as exc:
-        print(f"boxctl: {exc}", file=sys.stderr)
+        _say(f"boxctl: {exc}")
         status = 2
     except KeyboardInterrupt:
         status = 130
+    except BrokenPipeError:
+        _die_of_sigpipe()  # the bus's own errors come as Unreachable: this is our output
     except Exception as exc:  # one clear line, never a traceback
         status = _report(exc, getattr(args, "implicit_box", None))
     if os.environ.get("BOXCTL_TIMING"):
-        print(f"boxctl: {time.monotonic() - started:.3f} s", file=sys.stderr)
+        _say(f"boxctl: {time.monotonic() - started:.3f} s")
     sys.exit(status)
+
+
+def _guard_stdio() -> set[int]:
+    """Put /dev/null where stdin, stdout or stderr came closed (`boxctl ... >&-`): else the bus
+    socket would take the lowest free fd and a command in a box would be handed it as its
+    stdout. What it writes there is lost, as a shell's command loses it."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        stream = open(fd, "r" if fd == 0 else "w", closefd=False)
+        setattr(sys, ("stdin", "stdout", "stderr")[fd], stream)
+    return closed
+
+
+def _die_of_sigpipe() -> NoReturn:
+    """Whoever read our output left (`boxctl list | head -1`): end as coreutils do, by SIGPIPE,
+    with nothing said (a shell sees status 141)."""
+    import signal
+
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing left to flush at exit
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(141)  # not reached
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if anyone still reads it."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _report(exc: Exception, implicit_box: str | None = None) -> int:
     """Print `exc` as one line with a hint; `implicit_box` is the default box the command used
     because none was named."""
-    from boxd.client import CallError
+    from boxd import faults
+    from boxd.client import CallError, Unreachable
 
+    if isinstance(exc, Unreachable):
+        _say("boxctl: " + faults.unreachable_line(exc.kind, exc.message, exc.bus))
+        return 1
     if isinstance(exc, CallError):
         hint = HINTS.get(exc.short_name)
+        if exc.short_name == "PodmanUnavailable":
+            hint = faults.start_podman()
         if exc.short_name == "NotFound" and implicit_box:
             hint = (f"with no box named, boxctl uses your default box, {implicit_box}: create "
                     "it with 'boxctl create', or name one of 'boxctl list'")
-        print(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""),
-              file=sys.stderr)
+        _say(f"boxctl: {exc.message or exc.name}" + (f" (hint: {hint})" if hint else ""))
         return 1
-    if isinstance(exc, OSError | ConnectionError | TimeoutError):
-        print(f"boxctl: cannot reach boxd on the {'session' if _user_mode() else 'system'} bus "
-              f"({exc}) (hint: is boxd running? 'systemctl status boxd')", file=sys.stderr)
+    if isinstance(exc, OSError):
+        _say(f"boxctl: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return 1
-    print(f"boxctl: unexpected error: {exc}", file=sys.stderr)
+    _say(f"boxctl: unexpected error: {exc}")
     return 1
-
-
-def _user_mode() -> bool:
-    return bool(os.environ.get("BOXD_USER")) or "--user" in sys.argv
 
 
 if __name__ == "__main__":

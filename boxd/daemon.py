@@ -10,18 +10,22 @@ import signal
 import sys
 from pathlib import Path
 
-from dbus_next import BusType, NameFlag, RequestNameReply
+from dbus_next import BusType, Message, NameFlag, RequestNameReply
 
-from boxd import __version__, config, errors, log, podman
+from boxd import __version__, config, errors, log, memory, podman
 from boxd.authz import Authorizer
-from boxd.bus.dispatch import BoxdBus, Dispatcher
+from boxd.bus.dispatch import Dispatcher
 from boxd.bus.service import BoxdService
+from boxd.bus.wire import BoxdBus
 from boxd.jobs import JobManager
+from boxd.loopwatch import LoopWatch
 from boxd.manager import BoxManager
 from boxd.paths import BUS_NAME
 from boxd.polkit import Polkit
 
 _log = log.get("boxd.daemon")
+# How long a starting daemon waits for podman before it takes its bus name (see serve).
+LEFTOVER_SCAN_WAIT = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +85,11 @@ async def serve(cfg: config.Config) -> int:
                           Authorizer(cfg.mode, os.getuid(), policy), cfg.default_image)
     await service.watch_callers()
     follower = asyncio.create_task(manager.run(service.podman_changed))
+    # What a previous boxd left in boxes is found before anyone can call: no new session can
+    # be taken for a leftover. If podman is down or slow, that happens once it answers.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LEFTOVER_SCAN_WAIT):
+            await manager.first_contact.wait()
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         _log.error("bus_name_taken", name=BUS_NAME, reply=reply.name)
@@ -88,6 +97,8 @@ async def serve(cfg: config.Config) -> int:
         return 1
     _log.info("ready", name=BUS_NAME, mode=cfg.mode, podman=cfg.podman_socket,
               version=__version__)
+    watch = LoopWatch()
+    watch.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -95,12 +106,18 @@ async def serve(cfg: config.Config) -> int:
     disconnected = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait([asyncio.create_task(stop.wait()), disconnected, follower],
                        return_when=asyncio.FIRST_COMPLETED)
+    watch.stop()
     crashed = follower.done()  # it retries podman's own failures for ever: its end is a bug
     crash = follower.exception() if crashed and not follower.cancelled() else None
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await follower
     manager.sessions.warm.close()  # the launchers waiting in boxes leave
+    # Sessions end with the daemon, hung up like closed terminals, and their callers are told
+    # (Exited, and a line on their stderr) while the bus is still there.
+    await manager.sessions.end_all("boxd is stopping")
+    if not disconnected.done():
+        await _flush(bus)
     await asyncio.sleep(0)
     await client.aclose()
     if crashed:
@@ -116,6 +133,17 @@ async def serve(cfg: config.Config) -> int:
     return 0
 
 
+async def _flush(bus: BoxdBus) -> None:
+    """Wait until what was sent (Exited signals, Wait replies) has reached the bus: it handles
+    one connection's messages in order, so a Ping's answer means they are through."""
+    await asyncio.sleep(0)  # let the Wait calls that just ended send their replies
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2):
+            await bus.call(Message(destination="org.freedesktop.DBus",
+                                   path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus.Peer", member="Ping"))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -124,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"boxd: {exc.message}", file=sys.stderr)
         sys.exit(2)
     log.configure(cfg.log_format, cfg.log_level)
+    memory.configure()
     sys.exit(asyncio.run(serve(cfg)))
 
 

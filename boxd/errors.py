@@ -57,3 +57,13 @@ class LimitReached(BoxdError):
 
 class ConfigError(BoxdError):
     code = "ConfigError"
+
+
+class TooLarge(BoxdError):
+    """An input over one of boxd's size limits (boxd/limits.py, boxd/bus/wire.py)."""
+
+    code = "TooLarge"
+
+
+class TooManyCalls(BoxdError):
+    code = "TooManyCalls"

@@ -24,9 +24,11 @@ from boxd.config import Config
 from boxd.exports import Export, Exports
 from boxd.model import (
     DENIED_ENV,
+    LABEL_GROUPS,
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_VERSION,
+    SYSTEM_BUS_IN_BOX,
     BoxSettings,
     Owner,
     Volume,
@@ -51,6 +53,7 @@ class BoxInfo:
     state: str          # running, starting, stopped, paused, removing, unknown
     created: int        # unix seconds
     boxd_version: str
+    groups: tuple[int, ...] = ()  # host gids mapped into the box (see model.LABEL_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _from_list_entry(entry: dict[str, Any]) -> BoxInfo:
                    image=entry.get("Image", ""), owner=int(labels.get(LABEL_OWNER, -1)),
                    state=_STATES.get(entry.get("State", ""), "unknown"),
                    created=_created(entry.get("Created")),
-                   boxd_version=labels.get(LABEL_VERSION, ""))
+                   boxd_version=labels.get(LABEL_VERSION, ""), groups=_groups(labels))
 
 
 def _from_inspect(data: dict[str, Any]) -> BoxInfo:
@@ -121,7 +124,11 @@ def _from_inspect(data: dict[str, Any]) -> BoxInfo:
                    image=data.get("ImageName", ""), owner=int(labels.get(LABEL_OWNER, -1)),
                    state=_STATES.get((data.get("State") or {}).get("Status", ""), "unknown"),
                    created=_created(data.get("Created")),
-                   boxd_version=labels.get(LABEL_VERSION, ""))
+                   boxd_version=labels.get(LABEL_VERSION, ""), groups=_groups(labels))
+
+
+def _groups(labels: dict[str, str]) -> tuple[int, ...]:
+    return tuple(int(g) for g in labels.get(LABEL_GROUPS, "").split(",") if g.isdigit())
 
 
 def _is_box(labels: dict[str, str] | None) -> bool:
@@ -144,9 +151,14 @@ class BoxManager:
         # gone from the bus) must not leave the box half started.
         self._start_tasks: dict[str, asyncio.Task[BoxInfo]] = {}
         self._start_listeners: dict[str, list[Callable[[str], None]]] = {}
+        self._stopping: set[str] = set()
         self._podman_up = False
         self._on_podman_change: Callable[[bool], None] | None = None
         self._synced_at = 0.0
+        # Set once podman was first seen and what a previous boxd left running was found.
+        self.ready = asyncio.Event()
+        # Set then, or at the first failure to reach podman (it is down: nothing to wait for).
+        self.first_contact = asyncio.Event()
         config.boxes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.sessions = SessionManager(client, config.max_sessions_per_user,
                                        config.warm_sessions, config.warm_idle_seconds)
@@ -226,10 +238,13 @@ class BoxManager:
                 id_range = self._subids.range_for(owner.uid) if self._subids else None
                 config_dir = self._prepare_state(name, settings,
                                                  id_range.host_start if id_range else owner.gid)
+                service = await asyncio.to_thread(self._podman.service_pid)
                 spec = container_spec(name=name, image=image, owner=owner, settings=settings,
                                       config_dir=config_dir, id_range=id_range,
                                       stop_timeout=self._config.stop_timeout,
-                                      extra_labels=self._config.extra_labels)
+                                      extra_labels=self._config.extra_labels,
+                                      runtime_limits_file=f"/proc/{service}/limits"
+                                      if service else None)
                 try:
                     await self._podman.create_container(spec)
                 except (podman.Conflict, podman.ApiError) as exc:
@@ -298,7 +313,7 @@ class BoxManager:
             owner = self._owner_lookup(box.owner)
             settings = self.settings(name)
             token = secrets.token_hex(8)
-            self._write_box_conf(name, owner, settings, token)
+            self._write_box_conf(name, owner, settings, token, held_groups(box.groups, owner))
             self._starting.add(name)
             self._set_state(name, "starting")
             since = time.time()
@@ -325,14 +340,45 @@ class BoxManager:
             return box
 
     async def stop(self, name: str) -> BoxInfo:
+        """Stop a box: hang up its sessions (told why), kill what outlives stop_timeout, then
+        stop the container. The box is "stopping" until podman says it is stopped."""
         self.get(name)
         async with self._lock(name):
-            await self.sessions.warm.release_box(name)
-            with self._podman_errors():
-                await self._podman.stop_container(name, self._config.stop_timeout)
-                box = _from_inspect(await self._podman.inspect_container(name))
+            before = self.get(name)
+            self._stopping.add(name)
+            self._set_state(name, "stopping")
+            try:
+                with self._podman_errors():
+                    await self._stop_container(name)
+                    box = _from_inspect(await self._podman.inspect_container(name))
+            except BaseException:
+                self._stopping.discard(name)
+                try:  # whatever podman says it is, or what it was
+                    self._upsert(_from_inspect(await self._podman.inspect_container(name)))
+                except podman.PodmanError:
+                    if self._boxes.get(name) is not None:
+                        self._upsert(before)
+                raise
+            self._stopping.discard(name)
             self._upsert(box)
+            if box.state != "stopped":
+                raise errors.BoxdError(f"podman did not stop box {name!r}: it is {box.state}")
+            _log.info("box_stopped", box=name)
             return box
+
+    async def _stop_container(self, name: str) -> None:
+        timeout = self._config.stop_timeout
+        for attempt in range(3):
+            await self.sessions.end_box(name, f"box {name} was stopped", float(timeout))
+            try:
+                await self._podman.stop_container(name, timeout)
+                return
+            except podman.ApiError as exc:
+                # An exec started while we ended the others (or podman still booking one):
+                # end it, and try again.
+                if "exec session" not in exc.message or attempt == 2:
+                    raise
+                _log.info("stop_retried", box=name, error=exc.message)
 
     async def remove(self, name: str, force: bool) -> None:
         box = self.get(name)
@@ -463,12 +509,21 @@ class BoxManager:
             if as_root:
                 user, home, login = "0:0", "/root", "root"
             else:
-                user, login = f"{owner.uid}:{owner.gid}", owner.user
-            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login, **env}
+                # The uid alone: podman then adds the groups the box's /etc/group gives the
+                # user (the entry point puts the owner's host groups there); "uid:gid" gets none.
+                user, login = str(owner.uid), owner.user
+            full_env = {**settings.env, "HOME": home, "USER": login, "LOGNAME": login,
+                        # The host's system bus, as Toolbx gives it (the entry point also links
+                        # /run/dbus/system_bus_socket there).
+                        "DBUS_SYSTEM_BUS_ADDRESS": SYSTEM_BUS_IN_BOX, **env}
+            if "PATH" in settings.env:  # the box's own PATH beats the login profile's
+                full_env["__BOXD_PATH"] = settings.env["PATH"]
             if tty:
                 full_env.setdefault("TERM", "xterm-256color")
+            changed = 0.0 if as_root else await asyncio.to_thread(login_files_changed, home)
             request = SpawnRequest(box=name, argv=argv, cwd=cwd, env=full_env, fds=fds,
-                                   user=user, tty=tty, login_shell=login_shell)
+                                   user=user, tty=tty, login_shell=login_shell,
+                                   login_files_changed=changed)
             with self._podman_errors():
                 try:
                     return await self.sessions.spawn(request, caller_uid, caller_sender)
@@ -524,6 +579,7 @@ class BoxManager:
                     raise exc
                 if exc is not None:
                     why = str(exc)
+            self.first_contact.set()
             if self._podman_up:
                 delay = 0.2  # it was up: try again soon
             self._set_podman_up(False, why)
@@ -534,6 +590,10 @@ class BoxManager:
         # Subscribed first, then listed: a change in between waits in the stream.
         async with self._podman.event_stream({"type": ["container"]}) as events:
             await self.resync()
+            if not self.ready.is_set():
+                await self._end_leftovers()
+                self.ready.set()
+                self.first_contact.set()
             self._set_podman_up(True)
             async for event in events:
                 await self._on_event(event)
@@ -572,6 +632,14 @@ class BoxManager:
         if asyncio.get_running_loop().time() - self._synced_at > CACHE_MAX_AGE:
             with self._podman_errors():
                 await self.resync()
+
+    async def _end_leftovers(self) -> None:
+        """A previous boxd (killed, crashed, restarted) may have left sessions and warm
+        launchers running in boxes: nobody can reach them any more. Hang them up."""
+        running = {b.name: b.owner for b in self._boxes.values() if b.state == "running"}
+        found = await self.sessions.end_leftovers(running)
+        if found:
+            _log.warning("leftovers_found", execs=found, boxes=len(running))
 
     async def resync(self) -> None:
         known_before = set(self._boxes)  # a box created while podman lists is not stale
@@ -624,6 +692,10 @@ class BoxManager:
             # Until start() says otherwise: an event's inspect may be from before the start
             # ("created", "exited") or from before the entry point said ready ("running").
             box = replace(box, state="starting")
+        elif box.name in self._stopping:
+            # Until stop() has podman's word: the entry point may die before podman has
+            # cleaned up, or refused to (sessions still running).
+            box = replace(box, state="stopping")
         old = self._boxes.get(box.name)
         self._boxes[box.name] = box
         if box.state not in ("running", "starting"):
@@ -689,12 +761,13 @@ class BoxManager:
     def _write_settings(self, name: str, settings: BoxSettings) -> None:
         _atomic_write(self._settings_path(name), json.dumps(settings.to_json()), 0o600)
 
-    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str) -> None:
+    def _write_box_conf(self, name: str, owner: Owner, settings: BoxSettings, token: str,
+                        groups: tuple[tuple[str, int], ...] = ()) -> None:
         config_dir = self._config_dir(name)
         if not config_dir.is_dir():
             raise errors.StartFailed(f"box {name!r} has no config at {config_dir}; re-create it")
         text = boxconf.render(name=name, hostname=box_hostname(name, settings), owner=owner,
-                              settings=settings, token=token)
+                              settings=settings, token=token, groups=groups)
         _atomic_write(config_dir / "box.conf", text, 0o640, gid=config_dir.stat().st_gid)
 
     def _drop_state(self, name: str) -> None:
@@ -705,6 +778,34 @@ class BoxManager:
             for child in config_dir.iterdir():
                 child.unlink()
             config_dir.rmdir()
+
+
+# What login shells read at start, in the user's home (shared with the host).
+LOGIN_FILES = (".profile", ".bash_profile", ".bash_login", ".zprofile", ".zshenv", ".zlogin",
+               ".config/fish/config.fish")
+
+
+def login_files_changed(home: str) -> float:
+    """The latest change time of the user's login files (0 if none)."""
+    latest = 0.0
+    for name in LOGIN_FILES:
+        with contextlib.suppress(OSError):
+            info = os.stat(os.path.join(home, name))
+            latest = max(latest, info.st_mtime, info.st_ctime)
+    return latest
+
+
+def held_groups(mapped: tuple[int, ...], owner: Owner) -> tuple[tuple[str, int], ...]:
+    """The owner's host groups that the box maps, as (name, gid) for the entry point. A mapped
+    group the owner has left since the box was created would stay usable by root in the box:
+    the box must be re-created instead."""
+    current = dict((gid, name) for name, gid in owner.groups)
+    left = [gid for gid in mapped if gid not in current]
+    if left:
+        raise errors.StartFailed(
+            f"{owner.user} is no longer in host group(s) {', '.join(map(str, left))}, which this "
+            "box maps; re-create the box (boxctl rm, then boxctl create)")
+    return tuple((current[gid], gid) for gid in mapped)
 
 
 def _atomic_write(path: Path, text: str, mode: int, gid: int | None = None) -> None:

@@ -13,12 +13,14 @@ Errors name the manifest's line. Parsing knows YAML and the box model; nothing a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from boxd import limits
 from boxd.errors import BoxdError, InvalidArgument
 from boxd.exports import APP_NAME_RE as _APP_RE
 from boxd.model import BoxSettings, validate_image, validate_name
@@ -75,15 +77,55 @@ class BoxEntry:
     line: int
 
 
+# Parsing is pure Python: one at a time, in a worker thread, so the event loop keeps serving.
+_parsing = asyncio.Semaphore(1)
+MAX_DEPTH = 16  # a manifest nests four levels deep; deeper is refused, not recursed into
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases (one alias can stand for a billion nodes) or deep
+    nesting."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a manifest",
+                event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+async def parse_off_loop(text: str) -> list[BoxEntry]:
+    """parse() within the size limit, in a worker thread, one manifest at a time."""
+    limits.manifest(text)
+    async with _parsing:
+        return await asyncio.to_thread(parse, text)
+
+
 def parse(text: str) -> list[BoxEntry]:
     """Validate a manifest; errors say which line is wrong and why."""
+    limits.manifest(text)
+    loader = _BoundedLoader(text)
     try:
-        root = yaml.compose(text)
+        root = loader.get_single_node()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise InvalidArgument(f"manifest {where}not valid YAML ({problem})") from None
+    finally:
+        loader.dispose()
     if root is None:
         raise InvalidArgument("manifest is empty: it needs a 'boxes:' mapping")
     top = _mapping(root, "the manifest")
@@ -127,6 +169,10 @@ def _entry(name_node: yaml.Node, box_node: yaml.Node) -> BoxEntry:
             raise InvalidArgument(f"manifest line {_line(key_node)}: {key!r} must be a "
                                   f"{_kind(BOX_KEYS[key])}")
         values[key] = value
+    try:
+        limits.box_settings(values)
+    except BoxdError as exc:
+        raise type(exc)(f"manifest line {line} (box {name!r}): {exc.message}") from None
     image = values.pop("image", "")
     exports = values.pop("exports", [])
     if not all(isinstance(e, str) and _APP_RE.fullmatch(e) for e in exports):

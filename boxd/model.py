@@ -10,6 +10,7 @@ import dataclasses
 import os
 import pwd
 import re
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,10 +24,13 @@ LABEL_PREFIX = "io.github.boxd1"
 LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
 LABEL_OWNER = f"{LABEL_PREFIX}.owner"
 LABEL_VERSION = f"{LABEL_PREFIX}.version"
+# The owner's supplementary gids mapped into the box at create, comma-separated.
+LABEL_GROUPS = f"{LABEL_PREFIX}.groups"
 
 INIT_PATH_IN_BOX = "/run/boxd/init"
 CONFIG_DIR_IN_BOX = "/run/boxd/config"
 HOST_ROOT_IN_BOX = "/run/host"
+SYSTEM_BUS_IN_BOX = f"unix:path={HOST_ROOT_IN_BOX}/run/dbus/system_bus_socket"
 
 # podman's own rule for names, and a hostname label's length so the box name can be its hostname.
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
@@ -200,11 +204,13 @@ def check_volume_source(volume: Volume, owner: Owner, homes: Mapping[int, str]) 
     home nor the host's secrets and sockets. `homes` maps uids to home directories. Symlinks
     are resolved first, so a link in the owner's home cannot point elsewhere."""
     real = os.path.realpath(volume.source)
-    if not os.path.exists(real):
-        raise InvalidArgument(f"volume source {volume.source} does not exist on the host")
+    # Off limits whether or not it exists yet: the answer must not depend on the host's state
+    # (/run/podman appears only once podman's service has run).
     if real == "/" or any(_within(real, top) for top in DENIED_SOURCES):
         raise InvalidArgument(f"volume source {volume.source} is off limits for boxes "
                               "(system files, secrets or sockets)")
+    if not os.path.exists(real):
+        raise InvalidArgument(f"volume source {volume.source} does not exist on the host")
     for uid, home in homes.items():
         if uid != owner.uid and home not in ("/", "") and _within(real, home) \
                 and not _within(owner.home, home):
@@ -225,6 +231,10 @@ class Owner:
     home: str
     shell: str
     group: str
+    # The host groups the user is in besides the primary one, as (name, gid): the box maps
+    # these gids to themselves so that `id` and group-granted access (video, kvm...) match the
+    # host's.
+    groups: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def lookup(cls, uid: int) -> Owner:
@@ -239,7 +249,32 @@ class Owner:
         except KeyError:
             group = entry.pw_name
         return cls(uid, entry.pw_gid, entry.pw_name, entry.pw_dir, entry.pw_shell or "/bin/sh",
-                   group)
+                   group, supplementary_groups(entry.pw_name, entry.pw_gid))
+
+
+# At most this many supplementary groups are mapped into a box (a uid/gid map holds 340 lines).
+MAX_MAPPED_GROUPS = 64
+
+
+def supplementary_groups(user: str, primary_gid: int) -> tuple[tuple[str, int], ...]:
+    """The user's host groups other than the primary one, never gid 0 (root's group stays
+    outside every box), at most MAX_MAPPED_GROUPS, as (name, gid) sorted by gid."""
+    import grp
+
+    try:
+        gids = sorted(set(os.getgrouplist(user, primary_gid)) - {primary_gid, 0})
+    except OSError:
+        return ()
+    groups = []
+    for gid in gids[:MAX_MAPPED_GROUPS]:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = ""
+        # The name goes into the box's /etc/group through sh and sed: plain names only.
+        groups.append((name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,31}", name)
+                       else f"group{gid}", gid))
+    return tuple(groups)
 
 
 @dataclass(frozen=True)
@@ -249,17 +284,26 @@ class IdRange:
     host_start: int
     size: int = 65536
 
-    def mapping(self, keep: int) -> list[dict[str, int]]:
-        if keep >= self.size:
-            return [{"container_id": 0, "host_id": self.host_start, "size": self.size},
-                    {"container_id": keep, "host_id": keep, "size": 1}]
-        segments = [{"container_id": keep, "host_id": keep, "size": 1}]
-        if keep > 0:
-            segments.insert(0, {"container_id": 0, "host_id": self.host_start, "size": keep})
-        if keep + 1 < self.size:
-            segments.append({"container_id": keep + 1, "host_id": self.host_start + keep + 1,
-                             "size": self.size - keep - 1})
-        return segments
+    def holds_host_id(self, ident: int) -> bool:
+        return self.host_start <= ident < self.host_start + self.size
+
+    def mapping(self, keep: int, *also: int) -> list[dict[str, int]]:
+        """Container ids 0..size-1 land at host_start + id, except `keep` and `also`, which map
+        to themselves (the owner's uid, or gid and supplementary gids)."""
+        kept = sorted({keep, *also})
+        segments = []
+        start = 0
+        for ident in kept:
+            if start <= ident < self.size:
+                if ident > start:
+                    segments.append({"container_id": start, "host_id": self.host_start + start,
+                                     "size": ident - start})
+                start = ident + 1
+        if start < self.size:
+            segments.append({"container_id": start, "host_id": self.host_start + start,
+                             "size": self.size - start})
+        segments += [{"container_id": ident, "host_id": ident, "size": 1} for ident in kept]
+        return sorted(segments, key=lambda segment: segment["container_id"])
 
 
 def init_script_path() -> Path:
@@ -268,7 +312,8 @@ def init_script_path() -> Path:
 
 def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings,
                    config_dir: Path, id_range: IdRange | None,
-                   stop_timeout: int, extra_labels: Mapping[str, str]) -> dict[str, Any]:
+                   stop_timeout: int, extra_labels: Mapping[str, str],
+                   runtime_limits_file: str | None = None) -> dict[str, Any]:
     """The libpod SpecGenerator JSON for a box: a pet container that shares the host."""
     home = settings.home or owner.home
     spec: dict[str, Any] = {
@@ -277,6 +322,8 @@ def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings
         "hostname": box_hostname(name, settings),
         "labels": {**extra_labels, LABEL_MANAGED: "true", LABEL_OWNER: str(owner.uid),
                    LABEL_VERSION: __version__},
+        # The host's limits, as Toolbx's `--ulimit host` gives, not podman's service's.
+        "r_limits": host_rlimits(runtime_limits_file=runtime_limits_file),
         "entrypoint": ["/bin/sh", INIT_PATH_IN_BOX],
         "command": [],
         # The entry point sets the box up as root (in the box); keep-id would default to the user.
@@ -301,11 +348,58 @@ def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings
     }
     if id_range is not None:
         spec["userns"] = {"nsmode": "private"}
+        gids = [gid for _, gid in owner.groups if not id_range.holds_host_id(gid)]
         spec["idmappings"] = {"UIDMap": id_range.mapping(owner.uid),
-                              "GIDMap": id_range.mapping(owner.gid)}
+                              "GIDMap": id_range.mapping(owner.gid, *gids)}
+        spec["labels"][LABEL_GROUPS] = ",".join(map(str, gids))
     else:
         spec["userns"] = {"nsmode": "keep-id"}
     return spec
+
+
+_UNLIMITED = 2**64 - 1
+# What a login on the host gets for open files: systemd's DefaultLimitNOFILE (1024:524288, the
+# soft limit low for select(2)'s sake), capped by the host's own hard limit. PID 1's own soft
+# limit is no guide: systemd raises its own to the maximum.
+_LOGIN_NOFILE = (1024, 524288)
+
+
+def _read_limits(path: str) -> dict[str, tuple[int, int]]:
+    """nproc and nofile (soft, hard) from a /proc/PID/limits file; {} if unreadable."""
+    limits: dict[str, tuple[int, int]] = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                for label, kind in (("Max processes", "nproc"), ("Max open files", "nofile")):
+                    if line.startswith(label + " "):
+                        soft, hard = line[len(label):].split()[:2]
+                        limits[kind] = (_UNLIMITED if soft == "unlimited" else int(soft),
+                                        _UNLIMITED if hard == "unlimited" else int(hard))
+    except (OSError, ValueError):
+        return {}
+    return limits
+
+
+def host_rlimits(limits_file: str = "/proc/1/limits",
+                 runtime_limits_file: str | None = None) -> list[dict[str, Any]]:
+    """The limits a login on the host gets, in the OCI form, where podman's service would
+    otherwise give its own (Toolbx's `--ulimit host`): processes as PID 1 has them (every login
+    inherits them), open files as systemd gives a login session. Never above the hard limits of
+    podman's service (`runtime_limits_file`) or boxd's own: the runtime, inside the box's user
+    namespace, may lower limits but not raise them."""
+    host = _read_limits(limits_file)
+    runtime = _read_limits(runtime_limits_file) if runtime_limits_file else {}
+    limits: dict[str, tuple[int, int]] = {}
+    for kind, which in (("nproc", resource.RLIMIT_NPROC), ("nofile", resource.RLIMIT_NOFILE)):
+        _, own_hard = resource.getrlimit(which)
+        ceiling = min(_UNLIMITED if own_hard < 0 else own_hard,
+                      runtime.get(kind, (0, _UNLIMITED))[1])
+        soft, hard = host.get(kind, (ceiling, ceiling))
+        limits[kind] = (min(soft, ceiling), min(hard, ceiling))
+    nofile_hard = min(_LOGIN_NOFILE[1], limits["nofile"][1])
+    return [{"type": "nproc", "soft": limits["nproc"][0], "hard": limits["nproc"][1]},
+            {"type": "nofile", "soft": min(_LOGIN_NOFILE[0], nofile_hard),
+             "hard": nofile_hard}]
 
 
 def box_hostname(name: str, settings: BoxSettings) -> str:

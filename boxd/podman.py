@@ -70,6 +70,23 @@ class PodmanClient:
             timeout=httpx.Timeout(timeout),
         )
 
+    def service_pid(self) -> int | None:
+        """The pid behind the socket (SO_PEERCRED): podman's service, or whoever listens for it
+        (systemd, with socket activation). Blocking: call it off the event loop."""
+        import socket
+        import struct
+
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self._timeout)
+                sock.connect(self.socket_path)
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))
+        except OSError:
+            return None
+        pid = struct.unpack("3i", creds)[0]
+        return pid if pid > 0 else None
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -17,21 +17,24 @@ JOB = "io.github.boxd1.Job"
 
 def pull(client: BoxdClient, reference: str, quiet: bool = False) -> str:
     """Pull `reference`; returns the image id, raises CallError with the job's error."""
-    return follow(client, client.manager("PullImage", "sa{sv}", (reference, {}))[0], quiet)
+    with client.watching_daemon():
+        return follow(client, client.manager("PullImage", "sa{sv}", (reference, {}))[0], quiet)
 
 
 def build_default(client: BoxdClient, quiet: bool = False) -> str:
     """Build and import boxd's default image; returns its id."""
-    return follow(client, client.manager("BuildDefaultImage", "a{sv}", ({},))[0], quiet)
+    with client.watching_daemon():
+        return follow(client, client.manager("BuildDefaultImage", "a{sv}", ({},))[0], quiet)
 
 
 def start_box(client: BoxdClient, name: str, quiet: bool = False) -> None:
     """Start a box unless it runs already, showing what its entry point prints on the way."""
-    path = client.box(name, "StartJob", "a{sv}", ({},))[0]
-    if path != "/":
-        if not quiet:
-            print(f"Starting box {name} ...", file=sys.stderr, flush=True)
-        follow(client, path, quiet)
+    with client.watching_daemon():  # a boxd that dies mid-start never sends Finished
+        path = client.box(name, "StartJob", "a{sv}", ({},))[0]
+        if path != "/":
+            if not quiet and sys.stderr.isatty():  # scripts that capture stderr get nothing
+                print(f"Starting box {name} ...", file=sys.stderr, flush=True)
+            follow(client, path, quiet)
 
 
 def follow(client: BoxdClient, path: str, quiet: bool) -> str:
@@ -44,7 +47,7 @@ def follow(client: BoxdClient, path: str, quiet: bool) -> str:
     try:
         with view:
             while True:
-                msg = client.connection.receive()
+                msg = client.receive()  # raises when boxd goes away or falls silent
                 fields = msg.header.fields
                 if msg.header.message_type != MessageType.signal or \
                         fields.get(HeaderFields.path) != path:

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import itertools
 import os
+import select
 import signal
 import struct
 import termios
@@ -21,9 +22,9 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from boxd import errors, log, podman
+from boxd import errors, log, memory, podman
 from boxd.fdio import FdStream
-from boxd.warm import WarmKey, WarmPool, request_line
+from boxd.warm import WARM_NAME, WarmKey, WarmPool, request_line
 
 _log = log.get("boxd.sessions")
 
@@ -32,7 +33,29 @@ _log = log.get("boxd.sessions")
 # Arguments: DIR "ROWS COLS"|"" --login-shell|-- ARGV...  (split without IFS: the caller sets env)
 # (podman 4.3 applies an exec's starting size only after the process has started, so a command
 # that asks at once could see 0x0 or 24x80; setting it here first closes that race.)
-TRAMPOLINE = r"""
+# The environment the user's login shell sets up (~/.profile, ~/.bash_profile: PATH additions
+# such as ~/.cargo/bin), printed as `export` lines for eval, as Toolbx runs commands through the
+# login shell. The profile's own output is cut off at a marker; one that hangs gives up after 5 s.
+# Warm launchers run this before saying ready, so it costs a warm run nothing.
+LOGIN_ENV = r"""
+__boxd_login_env() {
+    __boxd_shell=$(awk -F: -v u="$(id -u)" '$3 == u { print $7; exit }' /etc/passwd 2>/dev/null)
+    [ -x "${__boxd_shell:-/nonexistent}" ] || return 0
+    __boxd_t=
+    ! command -v timeout >/dev/null 2>&1 || __boxd_t="timeout 5"
+    __boxd_out=$(cd "${HOME:-/}" 2>/dev/null; $__boxd_t "$__boxd_shell" -l -c \
+        'printf "\n%s\n" __boxd_env__; exec /bin/sh -c "export -p"' </dev/null 2>/dev/null)
+    case $__boxd_out in
+    *"
+__boxd_env__
+"*) printf '%s\n' "${__boxd_out#*
+__boxd_env__
+}" ;;
+    esac
+}
+"""
+
+TRAMPOLINE = LOGIN_ENV + r"""
 cd "$1" 2>/dev/null || {
     printf 'boxd: %s does not exist in this box; starting in %s\n' "$1" "${HOME:-/}" >&2
     cd "${HOME:-/}" 2>/dev/null || cd /
@@ -46,12 +69,40 @@ if [ "$1" = --login-shell ]; then
     exec "$shell" -l
 fi
 shift
+# The login environment under the caller's own (which wins), but with the login's PATH unless
+# the box's settings name one (__BOXD_PATH).
+[ -n "${__boxd_login+x}" ] || __boxd_login=$(__boxd_login_env)
+if [ -n "$__boxd_login" ]; then
+    __boxd_mine=$(export -p)
+    eval "$__boxd_login"
+    __boxd_path=$PATH
+    eval "$__boxd_mine"
+    PATH=${__BOXD_PATH:-$__boxd_path}
+fi
+unset __boxd_login __boxd_mine __boxd_path __boxd_shell __boxd_out __boxd_t __BOXD_PATH
+# What a shell would say (and its status), not sh's own words with this script's name and line.
+case $1 in
+*/*)
+    if [ -d "$1" ]; then printf '%s: Is a directory\n' "$1" >&2; exit 126; fi
+    if [ ! -e "$1" ]; then printf '%s: No such file or directory\n' "$1" >&2; exit 127; fi
+    if [ ! -x "$1" ]; then printf '%s: Permission denied\n' "$1" >&2; exit 126; fi
+    ;;
+*)
+    command -v "$1" >/dev/null 2>&1 || { printf '%s: command not found\n' "$1" >&2; exit 127; }
+    ;;
+esac
 exec "$@"
 """
 
 _FRAME = struct.Struct(">BxxxI")
 # What Exited reports for a process whose end boxd could not learn.
 UNKNOWN_STATUS = 255
+# How long a hung-up process may take to leave before it is killed, when no stop_timeout applies
+# (its client left, boxd restarts or stops).
+HANG_UP_GRACE = 3.0
+# The name ($0) each kind of boxd exec runs under in a box: how a restarted boxd tells its
+# predecessor's execs from anyone else's.
+SPAWN_NAME = "boxd-spawn"
 
 
 @dataclass
@@ -64,6 +115,8 @@ class SpawnRequest:
     user: str                    # "uid:gid" inside the box
     tty: bool
     login_shell: bool = False
+    # When the user's login files last changed: warm launchers that read them before are stale.
+    login_files_changed: float = 0.0
 
 
 @dataclass
@@ -79,7 +132,12 @@ class Session:
     # Wait() answers with this error rather than a made-up status.
     error: errors.BoxdError | None = None
     exec_id: str = ""
+    # Its caller left the bus: its fds are now someone else's terminal (the shell the client ran
+    # from), where nothing more may land, podman's own "Error: read unixpacket ..." included.
+    caller_gone: bool = False
     warm_key: WarmKey | None = None  # its kind, when it could start from a warm exec
+    # Why boxd ended it, said in one line on its stderr once it is over ("box X was stopped").
+    end_reason: str = ""
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _client: podman.PodmanClient | None = None
@@ -121,14 +179,23 @@ class Session:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    async def hang_up(self) -> None:
-        """The caller is gone: hang up the process, and kill it if it does not listen."""
-        await self._kill(signal.SIGHUP)
+    async def hang_up(self, grace: float = HANG_UP_GRACE, reason: str = "") -> str:
+        """End the session like a closed terminal: SIGHUP to its process group, SIGKILL after
+        `grace`; returns once its end is booked (or after a bound). `reason` is told to its
+        caller on stderr. Returns how it ended: "gone", "hung up" or "killed"."""
+        if reason and not self.end_reason:
+            self.end_reason = reason
+        how = "gone"
+        if self.running and self._client is not None:
+            try:
+                how = await hang_up_exec(self._client, self.exec_id, grace)
+            except podman.PodmanError as exc:  # no pid to signal; its stream ends with podman
+                _log.warning("hang_up_failed", session=self.id, box=self.box, error=str(exc))
+                how = "unknown"
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(grace + 20):  # its output drained, its status booked
                 await self._done.wait()
-                return
-        await self._kill(signal.SIGKILL)
+        return how
 
 
 class SessionManager:
@@ -136,13 +203,18 @@ class SessionManager:
                  warm_idle_seconds: float = 600.0) -> None:
         self._podman = client
         self._max_per_user = max_per_user
-        self.warm = WarmPool(client, TRAMPOLINE, warm_size, warm_idle_seconds)
+        self.warm = WarmPool(client, TRAMPOLINE, warm_size, warm_idle_seconds, prelude=LOGIN_ENV)
         self._sessions: dict[str, Session] = {}
+        # A previous boxd's execs being ended (exec id -> box owner), and those tasks.
+        self._leftovers: dict[str, int] = {}
+        self._ending: set[asyncio.Task[None]] = set()
+        self._closing = False  # boxd is stopping: no new sessions
         self._ids = itertools.count(1)
         self.on_exit: Callable[[Session], None] = lambda session: None
 
     def forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        memory.trim_soon()  # its buffers are free: give them back once the burst is over
 
     def podman_lost(self) -> None:
         """podman went away or stopped answering: the streams of every session and warm exec
@@ -160,13 +232,79 @@ class SessionManager:
         return [s for s in self._sessions.values() if s.caller_sender == sender]
 
     def count(self, uid: int) -> int:
-        return sum(1 for s in self._sessions.values() if s.caller_uid == uid and s.running)
+        """Sessions of `uid` that still run, those of a previous boxd being ended included."""
+        return (sum(1 for s in self._sessions.values() if s.caller_uid == uid and s.running)
+                + sum(1 for owner in self._leftovers.values() if owner == uid))
+
+    def _known_execs(self) -> set[str]:
+        return {s.exec_id for s in self._sessions.values()} | self.warm.exec_ids()
+
+    async def end_box(self, box: str, reason: str, grace: float) -> None:
+        """End every process of every exec in a box, as a stop must: sessions are hung up (told
+        `reason`), warm launchers let go, anything else (a leftover, someone's `podman exec`)
+        hung up too; whatever outlives `grace` is killed. Returns once podman has booked every
+        end, so that it will stop the container."""
+        await self.warm.release_box(box)
+        mine = {s.exec_id: s for s in self._sessions.values() if s.box == box and s.running}
+        ends = [s.hang_up(grace, reason) for s in mine.values()]
+        for found in await running_execs(self._podman, box):
+            if found.exec_id not in mine:
+                ends.append(self._end_exec(box, found, grace, "box_exec_ended"))
+        await asyncio.gather(*ends)
+
+    async def end_all(self, reason: str, grace: float = HANG_UP_GRACE) -> None:
+        """boxd is stopping: hang up every session (a stopped boxd must orphan nothing)."""
+        self._closing = True
+        await asyncio.gather(*(s.hang_up(grace, reason) for s in list(self._sessions.values())
+                               if s.running))
+
+    async def end_leftovers(self, boxes: dict[str, int], grace: float = HANG_UP_GRACE) -> int:
+        """At start: hang up the sessions and warm launchers a previous boxd left running in
+        `boxes` (name -> owner uid). They count against their owner's limit until they are
+        gone. Returns how many were found; ending them goes on in the background."""
+        known = self._known_execs()
+        found = 0
+        for box, owner in boxes.items():
+            try:
+                execs = await running_execs(self._podman, box)
+            except podman.PodmanError as exc:
+                _log.warning("leftovers_unknown", box=box, error=str(exc))
+                continue
+            for leftover in execs:
+                if leftover.kind == "other" or leftover.exec_id in known:
+                    continue
+                found += 1
+                self._leftovers[leftover.exec_id] = owner
+                task = asyncio.create_task(self._end_leftover(box, leftover, grace))
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
+        return found
+
+    async def _end_leftover(self, box: str, leftover: BoxExec, grace: float) -> None:
+        try:
+            await self._end_exec(box, leftover, grace, "leftover_ended")
+        finally:
+            self._leftovers.pop(leftover.exec_id, None)
+
+    async def _end_exec(self, box: str, found: BoxExec, grace: float, event: str) -> None:
+        try:
+            how = await hang_up_exec(self._podman, found.exec_id, grace)
+            if how != "gone":
+                await self._podman.wait_exec_ended(found.exec_id)
+        except podman.PodmanError as exc:
+            _log.warning(event.replace("ended", "not_ended"), box=box, exec_id=found.exec_id,
+                         error=str(exc))
+            return
+        _log.info(event, box=box, exec_id=found.exec_id, kind=found.kind, pid=found.pid,
+                  how=how)
 
     async def spawn(self, request: SpawnRequest, caller_uid: int, caller_sender: str) -> Session:
         """Create and start the exec; returns once the process runs and its fds are pumped.
         The session pumps descriptions of its own: `request.fds` stay the caller's to close."""
         streams: dict[int, FdStream] = {}
         try:
+            if self._closing:
+                raise errors.Busy("boxd is stopping; try again once it is back")
             if self.count(caller_uid) >= self._max_per_user:
                 raise errors.LimitReached(f"you have {self._max_per_user} sessions open "
                                           "already; close one first")
@@ -181,7 +319,7 @@ class SessionManager:
             started_warm = stream is not None
             if stream is None:
                 config = {
-                    "Cmd": ["/bin/sh", "-c", TRAMPOLINE, "boxd-spawn", *args],
+                    "Cmd": ["/bin/sh", "-c", TRAMPOLINE, SPAWN_NAME, *args],
                     "Tty": request.tty, "User": request.user,
                     "AttachStdin": 0 in streams, "AttachStdout": True, "AttachStderr": True,
                     "Env": [f"{k}={v}" for k, v in request.env.items()],
@@ -216,7 +354,7 @@ class SessionManager:
         if line is None:
             return "", None, None
         key = WarmKey(request.box, request.user, request.tty)
-        taken = await self.warm.take(key)
+        taken = await self.warm.take(key, request.login_files_changed)
         if taken is None:
             return "", None, key
         exec_id, stream = taken
@@ -254,6 +392,8 @@ class SessionManager:
             with contextlib.suppress(BaseException):
                 await feeder
             stream.writer.close()
+            if session.end_reason and not session.caller_gone:
+                await _tell(fds.get(2) or fds.get(1), session.end_reason, session.tty)
             if raw_restore is not None:
                 raw_restore()
             for fd_stream in fds.values():
@@ -291,11 +431,16 @@ class SessionManager:
                             fds: dict[int, FdStream]) -> None:
         out = fds.get(1)
         err = fds.get(2, out)
+
+        async def emit(target: FdStream | None, data: bytes | memoryview) -> None:
+            if not session.caller_gone:
+                await _write(target, data)
+
         if session.tty:
             if stream.initial:
-                await _write(out, stream.initial)
+                await emit(out, stream.initial)
             while data := await stream.reader.read(1 << 20):
-                await _write(out, data)
+                await emit(out, data)
             return
         buffer = bytearray(stream.initial)
         while True:
@@ -306,7 +451,7 @@ class SessionManager:
                 end = offset + _FRAME.size + length
                 if len(buffer) < end:
                     break
-                await _write(err if kind == 2 else out, view[offset + _FRAME.size:end])
+                await emit(err if kind == 2 else out, view[offset + _FRAME.size:end])
                 offset = end
             view.release()
             del buffer[:offset]  # one move per read, not one per frame
@@ -314,6 +459,158 @@ class SessionManager:
             if not data:
                 return
             buffer += data
+
+
+async def _tell(target: FdStream | None, reason: str, tty: bool) -> None:
+    """One line for the caller, after the process's last output: why boxd ended the session."""
+    line = f"boxd: {reason}; the session was hung up"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2):  # a caller that does not read must not hold us up
+            await _write(target, (f"\r\n{line}\r\n" if tty else f"{line}\n").encode())
+
+
+# -- the execs running in a box, and ending them ---------------------------------------------
+
+@dataclass(frozen=True)
+class BoxExec:
+    exec_id: str
+    pid: int
+    kind: str    # "session" (boxd's spawn), "warm" (a launcher, or a session started from one),
+    #              or "other" (boxd's short captured runs, someone's `podman exec`)
+    tty: bool
+
+
+def exec_kind(info: dict[str, object]) -> str:
+    """What an exec is, from podman's inspect of it: boxd names its shells ($0) by kind."""
+    config = info.get("ProcessConfig")
+    arguments = config.get("arguments") if isinstance(config, dict) else None
+    if isinstance(arguments, list) and len(arguments) >= 3 and arguments[0] == "-c":
+        return {SPAWN_NAME: "session", WARM_NAME: "warm"}.get(str(arguments[2]), "other")
+    return "other"
+
+
+async def running_execs(client: podman.PodmanClient, box: str) -> list[BoxExec]:
+    """Every exec podman says runs in `box` now, with its host pid (boxes share the host's pid
+    namespace). The one way boxd finds them: to stop a box, to end what a previous boxd left,
+    to count."""
+    data = await client.inspect_container(box)
+    found = []
+    for exec_id in data.get("ExecIDs") or []:
+        try:
+            info = await client.exec_inspect(str(exec_id))
+        except podman.NotFound:
+            continue  # ended and removed since
+        pid = int(info.get("Pid") or 0)
+        if info.get("Running") and pid > 1:
+            config = info.get("ProcessConfig")
+            tty = bool(config.get("tty")) if isinstance(config, dict) else False
+            found.append(BoxExec(str(exec_id), pid, exec_kind(info), tty))
+    return found
+
+
+async def hang_up_exec(client: podman.PodmanClient, exec_id: str, grace: float) -> str:
+    """Hang up an exec's process (see hang_up_process), pinned first so that a pid podman
+    reported cannot have been reused by the time it is signalled."""
+    try:
+        info = await client.exec_inspect(exec_id)
+    except podman.NotFound:
+        return "gone"
+    pid = int(info.get("Pid") or 0)
+    if not info.get("Running") or pid <= 1:
+        return "gone"
+    try:
+        pinned = _Pinned(pid)
+    except ProcessLookupError:
+        return "gone"
+    try:
+        # Pinned, then still podman's: the pidfd is this exec's process, not a successor's.
+        again = await client.exec_inspect(exec_id)
+        if not again.get("Running") or int(again.get("Pid") or 0) != pid:
+            return "gone"
+        return await pinned.hang_up(grace)
+    finally:
+        pinned.close()
+
+
+async def hang_up_process(pid: int, grace: float) -> str:
+    """SIGHUP a process and its process group, as a closing terminal does (each exec leads a
+    session and group of its own: its children without job control share the group; an
+    interactive shell passes the hang-up on to its jobs); SIGKILL them if it is still there
+    after `grace`. Returns "gone" (it was), "hung up" or "killed"."""
+    try:
+        pinned = _Pinned(pid)
+    except ProcessLookupError:
+        return "gone"
+    try:
+        return await pinned.hang_up(grace)
+    finally:
+        pinned.close()
+
+
+class _Pinned:
+    """A process held by a pidfd: signals reach it, never a process that reused its pid.
+    (To be replaced by boxd.process.PinnedProcess.)"""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = os.pidfd_open(pid)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def alive(self) -> bool:
+        try:
+            signal.pidfd_send_signal(self.fd, 0)
+        except ProcessLookupError:
+            return False
+        return not _readable(self.fd)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the process, and its group if it leads one. Only while it lives: its pid,
+        and so its group id, cannot be reused until it is reaped."""
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, signum)
+                return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.fd, signum)
+
+    async def exited(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the process to end (its pidfd turns readable)."""
+        if not self.alive():
+            return True
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        loop.add_reader(self.fd, lambda: ended.done() or ended.set_result(None))
+        try:
+            async with asyncio.timeout(timeout):
+                await ended
+                return True
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self.fd)
+
+    async def hang_up(self, grace: float) -> str:
+        if not self.alive():
+            return "gone"
+        self.signal_group(signal.SIGHUP)
+        if await self.exited(grace):
+            return "hung up"
+        self.signal_group(signal.SIGKILL)
+        await self.exited(5)
+        return "killed"
+
+
+def _readable(fd: int) -> bool:
+    """A pidfd is readable once its process has ended. (poll: fds past 1024 are fine.)"""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def exit_status(client: podman.PodmanClient, exec_id: str) -> int:

@@ -18,6 +18,7 @@ import contextlib
 import re
 import secrets
 import struct
+import time
 from dataclasses import dataclass, field
 
 from boxd import log, podman
@@ -31,6 +32,7 @@ LAUNCHER = r"""
 if [ -t 0 ]; then
     __boxd_tty=$(stty -g 2>/dev/null) && stty raw -echo 2>/dev/null || exit 0
 fi
+! command -v __boxd_login_env >/dev/null 2>&1 || __boxd_login=$(__boxd_login_env)
 printf '%s' "$1"
 IFS= read -r __boxd_request || exit 0
 [ -z "${__boxd_tty:-}" ] || stty "$__boxd_tty"
@@ -46,6 +48,8 @@ _FRAME = struct.Struct(">BxxxI")
 # dash reads a request a byte at a time: big ones go the ordinary way.
 MAX_REQUEST_BYTES = 64 * 1024
 READY_TIMEOUT = 10.0
+# Its $0 in the box: how a restarted boxd finds its predecessor's launchers (sessions.exec_kind).
+WARM_NAME = "boxd-warm"
 BROKEN_RETRY_SECONDS = 300.0
 
 
@@ -78,6 +82,8 @@ class WarmKey:
 class _Entry:
     exec_id: str
     stream: podman.ExecStream
+    # Wall-clock time of its start, before it read the user's login environment.
+    started: float = field(default_factory=time.time)
 
     @property
     def alive(self) -> bool:
@@ -101,18 +107,23 @@ class _Kind:
 
 class WarmPool:
     def __init__(self, client: podman.PodmanClient, script: str, size: int,
-                 idle_seconds: float) -> None:
+                 idle_seconds: float, prelude: str = "") -> None:
+        """`script` runs once a request came; `prelude` is sh defined before the launcher waits
+        (a `__boxd_login_env` function there is run ahead, see sessions.LOGIN_ENV)."""
         self._podman = client
-        self._script = LAUNCHER + script
+        self._script = prelude + LAUNCHER + script
         self._size = size
         self._idle = idle_seconds
         self._kinds: dict[WarmKey, _Kind] = {}
+        self._starting: set[str] = set()
 
-    async def take(self, key: WarmKey) -> tuple[str, podman.ExecStream] | None:
-        """A started exec of this kind if one is ready and podman still runs it; either way,
-        keep this kind warm. Refills wait for refill() (the session's end) unless none is left:
-        podman holds the box's lock while it starts an exec, and a refill racing the session
-        would delay its exit."""
+    async def take(self, key: WarmKey, fresh_after: float = 0.0
+                   ) -> tuple[str, podman.ExecStream] | None:
+        """A started exec of this kind if one is ready, started after `fresh_after` (when the
+        user's login files last changed) and podman still runs it; either way, keep this kind
+        warm. Refills wait for refill() (the session's end) unless none is left: podman holds
+        the box's lock while it starts an exec, and a refill racing the session would delay its
+        exit."""
         if self._size <= 0:
             return None
         kind = self._kinds.setdefault(key, _Kind())
@@ -125,7 +136,7 @@ class WarmPool:
         entry = None
         while kind.entries and entry is None:
             entry = kind.entries.pop(0)
-            if not entry.alive:
+            if not (entry.alive and entry.started > fresh_after):
                 entry.close()
                 entry = None
         if not kind.entries:
@@ -157,6 +168,10 @@ class WarmPool:
     def _refill(self, key: WarmKey, kind: _Kind) -> None:
         if kind.filler is None or kind.filler.done():
             kind.filler = asyncio.create_task(self._fill(key, kind))
+
+    def exec_ids(self) -> set[str]:
+        """The launchers ready now and those being started."""
+        return {e.exec_id for kind in self._kinds.values() for e in kind.entries} | self._starting
 
     def forget_box(self, box: str) -> None:
         """The box stopped or went away: its warm execs are gone or about to be."""
@@ -222,19 +237,23 @@ class WarmPool:
         """A launcher ready for a request, or what it said instead of its marker."""
         marker = "boxd-warm-" + secrets.token_hex(8)
         exec_id = await self._podman.exec_create(key.box, {
-            "Cmd": ["/bin/sh", "-c", self._script, "boxd-warm", marker],
+            "Cmd": ["/bin/sh", "-c", self._script, WARM_NAME, marker],
             "Tty": key.tty, "User": key.user, "WorkingDir": "/",
             "AttachStdin": True, "AttachStdout": True, "AttachStderr": True,
             "DetachKeys": "",
         })
-        stream = await self._podman.exec_start(exec_id, key.tty, 24, 80)
-        entry = _Entry(exec_id, stream)
+        self._starting.add(exec_id)
         try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                said = await _read_marker(stream, key.tty, len(marker))
-        except BaseException:
-            entry.close()
-            raise
+            stream = await self._podman.exec_start(exec_id, key.tty, 24, 80)
+            entry = _Entry(exec_id, stream)
+            try:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    said = await _read_marker(stream, key.tty, len(marker))
+            except BaseException:
+                entry.close()
+                raise
+        finally:
+            self._starting.discard(exec_id)
         if said != marker.encode():
             entry.close()
             return said

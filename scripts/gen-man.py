@@ -181,6 +181,9 @@ def boxctl_page() -> str:
               f"error says why, mostly with a hint. {b('doctor')}: a check failed."),
         *item(b("2"), "Wrong usage: an unknown command or option, or a missing argument."),
         *item(b("130"), "boxctl was interrupted (SIGINT) outside a command in a box."),
+        *item(b("141"),
+              "Whoever read its output went away (a pipe into",
+              f"{b('head')}): boxctl ends by SIGPIPE, saying nothing, as other tools do."),
     ]
     environment = [
         *item(b("BOXD_USER"), f"If set and not empty, the same as {b('--user')}."),
@@ -189,6 +192,12 @@ def boxctl_page() -> str:
               f"example {b('unix:path=/run/boxd-test/bus')}; for tests and unusual setups."),
         *item(f"{b('DBUS_SYSTEM_BUS_ADDRESS')}, {b('DBUS_SESSION_BUS_ADDRESS')}",
               "Where the system and the session bus are, as for every D\\-Bus client."),
+        *item(b("BOXCTL_TIMEOUT"),
+              "How many seconds boxd may stay silent before boxctl gives up on it (30 by",
+              "default; 0: wait as long as it takes). boxctl asks a quiet boxd whether it is",
+              "alive, so a call, a start or a pull that takes longer while boxd answers is not",
+              "cut short; a boxd that leaves the bus during a start, pull or build ends the",
+              "command at once."),
         *item(b("BOXCTL_TIMING"),
               "If set and not empty, boxctl says on standard error how long the command took."),
         *item(b("PATH"), f"{b('terminal')} opens the first of {terminals} that it finds."),

@@ -13,7 +13,7 @@ fi
 
 packages=(podman runc conmon dbus polkitd pkexec debootstrap uidmap busybox-static dash docker-registry
           python3 python3-venv curl ca-certificates systemd tmux xvfb pulseaudio
-          desktop-file-utils x11-apps procps groff-base strace)
+          desktop-file-utils x11-apps procps groff-base strace fish zsh)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -12,11 +12,10 @@ other call, and it keeps dbus-next from broadcasting objects to everyone on the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import os
+import functools
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,9 +25,15 @@ from dbus_next.service import ServiceInterface
 
 from boxd import errors, log
 from boxd.authz import Caller
+from boxd.bus import wire
+from boxd.bus.wire import RejectedMessage, close_fds
 from boxd.paths import describe_missing
 
 ERROR_PREFIX = "io.github.boxd1.Error."
+# Calls of one user being served at once; past it, more are refused, not queued. Waiting for a
+# session's end is no work (and a user may have more sessions than this), so it is not counted.
+MAX_CALLS_PER_USER = 128
+UNCOUNTED = {("io.github.boxd1.Session", "Wait")}
 _log = log.get("boxd.bus")
 
 
@@ -41,21 +46,21 @@ def current_caller() -> Caller:
 
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
+PEER = "org.freedesktop.DBus.Peer"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 # An extra handler: (caller, message) -> (reply signature, reply body)
 Handler = Callable[[Caller, Message], Awaitable[tuple[str, list[Any]]]]
 
 
-class BoxdBus(MessageBus):
-    """dbus-next announces every exported object to the whole bus (and from the object's own
-    path, not the ObjectManager's). boxd sends its own ObjectManager signals, and only to those
-    who may see the object, so dbus-next's are switched off."""
-
-    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
-        pass
-
-    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
-        pass
+@functools.cache
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as handle:
+                return handle.read(64).strip()
+        except OSError:
+            continue
+    return ""
 
 
 class Dispatcher:
@@ -68,6 +73,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._extra: dict[tuple[str, str], Handler] = {}
         self._paths: dict[str, int] = {}  # exported path -> how many of our interfaces
+        self._calls: Counter[int] = Counter()  # uid -> calls being served
+        self._lookups: dict[str, asyncio.Future[tuple[int, int]]] = {}  # sender -> asking
+        self._handed_off: asyncio.Task[None] | None = None
         bus.add_message_handler(self._on_message)
 
     def handle(self, interface: str, member: str, handler: Handler) -> None:
@@ -79,7 +87,7 @@ class Dispatcher:
         return {sender: uid for sender, (uid, _pid) in self._credentials.items()}
 
     def export(self, path: str, interface: ServiceInterface) -> None:
-        methods = {m.name: m for m in ServiceInterface._get_methods(interface) if not m.disabled}
+        methods = {m.name: m for m in wire.methods_of(interface) if not m.disabled}
         self._objects[(path, interface.name)] = (interface, methods)
         self._paths[path] = self._paths.get(path, 0) + 1
         self.bus.export(path, interface)
@@ -92,14 +100,40 @@ class Dispatcher:
         self.bus.unexport(path, interface)
 
     def _on_message(self, msg: Message) -> bool:
+        """Every message boxd receives passes here first, and its fds are closed here, on
+        every path: at once, or when the task serving the call ends (a method that keeps an fd
+        dups it). dbus-next's own answers (Introspect) never use fds."""
+        self._handed_off = None
+        try:
+            return self._route(msg)
+        finally:
+            task, self._handed_off = self._handed_off, None
+            if task is None:
+                close_fds(msg)
+            elif msg.unix_fds:
+                task.add_done_callback(lambda _task: close_fds(msg))
+
+    def _route(self, msg: Message) -> bool:
+        if isinstance(msg, RejectedMessage):
+            if msg.message_type == MessageType.METHOD_CALL:
+                self._reply(msg, Message.new_error(msg, ERROR_PREFIX + "TooLarge", msg.reason))
+            # a rejected reply is an error already (for whoever awaits it)
+            return msg.message_type != MessageType.ERROR
         if msg.message_type != MessageType.METHOD_CALL:
             return False
         interface_name = msg.interface or ""
+        if interface_name == PEER:
+            self._reply(msg, self._peer(msg))  # dbus-next's GetMachineId can leave it unanswered
+            return True
         extra = self._extra.get((interface_name, msg.member))
         if extra is not None:
             self._start(self._serve_extra(msg, extra))
             return True
-        if interface_name == PROPERTIES and msg.path in self._paths:
+        if interface_name == PROPERTIES:
+            if msg.path not in self._paths:  # dbus-next's answer logs a traceback
+                self._reply(msg, Message.new_error(msg, ERROR_PREFIX + "NotFound",
+                                                   describe_missing(msg.path)))
+                return True
             self._start(self._serve_properties(msg))
             return True
         if not interface_name.startswith(self._prefix):
@@ -124,10 +158,19 @@ class Dispatcher:
         self._start(self._serve(msg, interface, method))
         return True
 
+    def _peer(self, msg: Message) -> Message:
+        if msg.member == "Ping" and msg.signature == "":
+            return Message.new_method_return(msg)
+        if msg.member == "GetMachineId" and msg.signature == "":
+            return Message.new_method_return(msg, "s", [_machine_id()])
+        return Message.new_error(msg, ERROR_PREFIX + "UnknownMethod",
+                                 f"{PEER} has no method {msg.member}({msg.signature})")
+
     def _start(self, coro: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._handed_off = task  # the message's fds live as long as this task
 
     async def _caller(self, msg: Message) -> Caller:
         uid, pid = await self._sender_credentials(msg.sender)
@@ -156,7 +199,7 @@ class Dispatcher:
             authorize = getattr(interface, "authorize_read", None)
             if authorize is not None:
                 await authorize(caller)
-            props = {p.name: p for p in ServiceInterface._get_properties(interface)
+            props = {p.name: p for p in wire.properties_of(interface)
                      if not p.disabled}
             if msg.member == "Get" and msg.signature == "ss":
                 prop = props.get(msg.body[1])
@@ -179,7 +222,15 @@ class Dispatcher:
         sentence; one log event per call, with the caller."""
         started = time.monotonic()
         outcome: dict[str, Any] = {}
+        uid: int | None = None
         try:
+            who = await self._caller(msg)
+            if (msg.interface, msg.member) not in UNCOUNTED:
+                uid = who.uid
+                self._calls[uid] += 1
+                if self._calls[uid] > MAX_CALLS_PER_USER:
+                    raise errors.TooManyCalls(
+                        f"you have {MAX_CALLS_PER_USER} calls to boxd under way; wait for them")
             reply = await run()
         except errors.BoxdError as exc:
             reply = Message.new_error(msg, ERROR_PREFIX + exc.code, exc.message)
@@ -190,6 +241,11 @@ class Dispatcher:
             reply = Message.new_error(msg, ERROR_PREFIX + "Internal",
                                       "boxd hit an internal error; the daemon's log has details")
             outcome = {"error": "Internal"}
+        finally:
+            if uid is not None:
+                self._calls[uid] -= 1
+                if not self._calls[uid]:
+                    del self._calls[uid]
         caller = _current.get(None)
         _log.info("call_failed" if outcome else "call", method=msg.member, path=msg.path,
                   caller_uid=caller.uid if caller else -1,
@@ -200,21 +256,15 @@ class Dispatcher:
         async def run() -> Message:
             await self._caller(msg)
             try:
-                args = ServiceInterface._msg_body_to_args(msg)
+                args = wire.args_of(msg)
             except (IndexError, TypeError):
                 raise errors.InvalidArgument(
                     "a file descriptor index does not match the fds sent with the call") from None
             result = await method.fn(interface, *args)
-            body, fds = ServiceInterface._fn_result_to_body(result, method.out_signature_tree)
+            body, fds = wire.reply_body(result, method)
             return Message.new_method_return(msg, method.out_signature, body, fds)
 
-        try:
-            await self._answer(msg, run)
-        finally:
-            # A message's fds belong to the call: a method that keeps one dups it.
-            for fd in msg.unix_fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        await self._answer(msg, run)  # the fds are closed after (see _on_message)
 
     def forget_sender(self, sender: str) -> None:
         self._credentials.pop(sender, None)
@@ -229,6 +279,15 @@ class Dispatcher:
         if cached is not None:
             self._credentials.move_to_end(sender)
             return cached
+        # A burst of calls from a new sender asks the bus once.
+        lookup = self._lookups.get(sender)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._ask_credentials(sender))
+            self._lookups[sender] = lookup
+            lookup.add_done_callback(lambda _done: self._lookups.pop(sender, None))
+        return await asyncio.shield(lookup)
+
+    async def _ask_credentials(self, sender: str) -> tuple[int, int]:
         reply = await self.bus.call(Message(
             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
             interface="org.freedesktop.DBus", member="GetConnectionCredentials",

@@ -8,7 +8,7 @@ from typing import Any
 from dbus_next import Message, MessageType, Variant
 from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
-from boxd import __version__, authz, manifest
+from boxd import __version__, authz, limits, manifest
 from boxd.authz import Authorizer, Caller
 from boxd.bus.dispatch import Dispatcher, current_caller
 from boxd.errors import AccessDenied, InvalidArgument
@@ -31,6 +31,7 @@ _OPTION_TYPES = {"home": "s", "hostname": "s", "volumes": "as", "env": "a{ss}",
 def unpack_options(options: dict[str, Variant],
                    types: dict[str, str] = _OPTION_TYPES, what: str = "option") -> dict[str, Any]:
     """a{sv} options -> plain values, each checked against the one D-Bus type it may have."""
+    limits.options(options, f"the {what}s")
     values = {}
     for key, variant in options.items():
         expected = types.get(key)
@@ -41,6 +42,7 @@ def unpack_options(options: dict[str, Variant],
             raise InvalidArgument(f"{what} {key!r} must be of type {expected}, "
                                   f"not {variant.signature}")
         values[key] = variant.value
+    limits.box_settings(values)
     return values
 
 
@@ -200,6 +202,9 @@ class BoxInterface(ServiceInterface):
             raise InvalidArgument("a file descriptor index does not match the fds sent with "
                                   "the call")
         opts = unpack_options(options, _SPAWN_OPTION_TYPES, "spawn option")
+        limits.string(cwd, "the working directory")
+        limits.argv(argv)
+        limits.spawn_env(env)
         command = " ".join(_text(a) for a in argv)[:4096] or "<login shell>"
         as_root = opts.get("root", False)
         name = await self._authorized_name(
@@ -215,11 +220,13 @@ class BoxInterface(ServiceInterface):
 
     @method()
     async def ExportApp(self, app: "s") -> "as":
+        limits.string(app, "the application's name")
         name = await self._authorized_name("export from")
         return (await self._service.manager.export(name, "app", app)).files
 
     @method()
     async def ExportBin(self, path: "s") -> "as":
+        limits.string(path, "the path")
         name = await self._authorized_name("export from")
         return (await self._service.manager.export(name, "bin", path)).files
 
@@ -230,6 +237,7 @@ class BoxInterface(ServiceInterface):
 
     @method()
     async def Unexport(self, export_name: "s"):
+        limits.string(export_name, "the export's name")
         name = await self._authorized_name("change the exports of")
         await self._service.manager.unexport(name, export_name)
 
@@ -294,6 +302,8 @@ class ManagerInterface(ServiceInterface):
     @method()
     async def CreateBox(self, name: "s", image: "s", options: "a{sv}") -> "o":
         caller = current_caller()
+        limits.string(name, "the box name")
+        limits.string(image, "the image reference")
         await self._service.authz.require(caller, authz.CREATE_BOX,
                                           {"box": name[:256], "image": image[:256]},
                                           "create boxes")
@@ -302,6 +312,7 @@ class ManagerInterface(ServiceInterface):
 
     @method()
     async def GetBox(self, name: "s") -> "o":
+        limits.string(name, "the box name")
         box = self._service.manager.get(name)
         await self._service.authz.require_box(current_caller(), box.owner, box.name,
                                               authz.MANAGE_OWN_BOX, "see")
@@ -316,6 +327,7 @@ class ManagerInterface(ServiceInterface):
     async def PullImage(self, reference: "s", options: "a{sv}") -> "o":
         caller = current_caller()
         unpack_options(options, {}, "pull option")
+        limits.string(reference, "the image reference")
         validate_image(reference)
         await self._service.authz.require(caller, authz.MANAGE_IMAGES,
                                           {"image": reference[:256]}, "pull images")
@@ -326,15 +338,13 @@ class ManagerInterface(ServiceInterface):
     async def Apply(self, manifest_text: "s", options: "a{sv}") -> "a(sss)":
         caller = current_caller()
         opts = unpack_options(options, {"dry_run": "b"}, "apply option")
-        entries = manifest.parse(manifest_text)
-        dry_run = opts.get("dry_run", False)
-        if not dry_run:
-            names = ",".join(e.name for e in entries)[:256]
-            await self._service.authz.require(caller, authz.CREATE_BOX, {"box": names},
-                                              "create boxes")
-            await self._service.authz.require(caller, authz.MANAGE_OWN_BOX, {"box": names},
-                                              "manage boxes")
-        plan = await self._service.manager.apply(caller.uid, entries, dry_run)
+        limits.manifest(manifest_text)
+        # Authorized before the manifest is read, dry runs too: reading it is work (and a
+        # dry run says which names other users' boxes have).
+        await self._service.authz.require(caller, authz.CREATE_BOX, {}, "create boxes")
+        await self._service.authz.require(caller, authz.MANAGE_OWN_BOX, {}, "manage boxes")
+        entries = await manifest.parse_off_loop(manifest_text)
+        plan = await self._service.manager.apply(caller.uid, entries, opts.get("dry_run", False))
         return [[item.box, item.action, item.detail] for item in plan]
 
     @dbus_property(access=PropertyAccess.READ)
@@ -353,6 +363,7 @@ class ManagerInterface(ServiceInterface):
 
     @method()
     async def RemoveImage(self, reference: "s", force: "b"):
+        limits.string(reference, "the image reference")
         await self._service.authz.require(current_caller(), authz.MANAGE_IMAGES,
                                           {"image": reference[:256]}, "remove images")
         await self._service.manager.remove_image(reference, force)
@@ -386,6 +397,9 @@ class BoxdService:
         self.manager_interface = ManagerInterface(self)
         self._boxes: dict[str, BoxInterface] = {}
         self._sessions: dict[str, SessionInterface] = {}
+        # A finished session's linger timer: cancelled when Wait() collects it sooner, so that
+        # the timer does not keep the session (and what it holds) for SESSION_LINGER seconds.
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._jobs: dict[str, JobInterface] = {}
         self.jobs = jobs
         jobs.observer = self  # type: ignore[assignment]
@@ -437,6 +451,9 @@ class BoxdService:
                 for job in self.jobs.of_sender(name):
                     job.cancel()  # nobody is left to use what it pulls
                 for session in self.manager.sessions.of_sender(name):
+                    # Its fds are now someone else's terminal: nothing more may land there,
+                    # podman's own "Error: read unixpacket ..." included.
+                    session.caller_gone = True
                     if session.running:
                         asyncio.get_running_loop().create_task(session.hang_up())
                     else:
@@ -492,13 +509,17 @@ class BoxdService:
             message_type=MessageType.SIGNAL, destination=session.caller_sender,
             path=SESSION_PATH_PREFIX + session.id, interface=SESSION_INTERFACE,
             member="Exited", signature="i", body=[session.exit_status]))
-        asyncio.get_running_loop().call_later(SESSION_LINGER, self.session_collected, session)
+        self._lingering[session.id] = asyncio.get_running_loop().call_later(
+            SESSION_LINGER, self.session_collected, session)
 
     def session_collected(self, session: Session) -> None:
         interface = self._sessions.pop(session.id, None)
         if interface is not None and not session.running:
             self.dispatcher.unexport(SESSION_PATH_PREFIX + session.id, interface)
             self.manager.sessions.forget(session)
+            linger = self._lingering.pop(session.id, None)
+            if linger is not None:
+                linger.cancel()
         elif interface is not None:
             self._sessions[session.id] = interface
 

@@ -187,14 +187,33 @@ ensure_user() {
     fi || fail "cannot create user $BOXD_USER ($BOXD_UID) in the box: $out"
 }
 
+add_to_group() {  # add_to_group GROUP: the user becomes a member of an existing GROUP
+    members=$(passwd_field /etc/group 1 "$1" 4)
+    case ",$members," in
+    *",$BOXD_USER,"*) ;;
+    *) sed -i "s/^\\($1:[^:]*:[^:]*:\\)\\(.*\\)\$/\\1\\2${members:+,}$BOXD_USER/" /etc/group ;;
+    esac
+}
+
+join_host_groups() {
+    # The owner's host groups, which boxd maps into the box with the same gids: the user is in
+    # them here too, under the box's name for that gid where it has one (video, kvm...).
+    for entry in ${BOXD_GROUPS:-}; do
+        gid=${entry##*:}
+        group=$(passwd_field /etc/group 3 "$gid" 1)
+        if [ -z "$group" ]; then
+            group=${entry%:*}
+            [ -z "$(passwd_field /etc/group 1 "$group" 3)" ] || group=host-$group
+            printf '%s:x:%s:\n' "$group" "$gid" >>/etc/group || fail "cannot add group $group ($gid)"
+        fi
+        add_to_group "$group"
+    done
+}
+
 ensure_sudo() {
     for group in sudo wheel; do
         if grep -q "^$group:" /etc/group; then
-            members=$(passwd_field /etc/group 1 "$group" 4)
-            case ",$members," in
-            *",$BOXD_USER,"*) ;;
-            *) sed -i "s/^\\($group:[^:]*:[^:]*:\\)\\(.*\\)\$/\\1\\2${members:+,}$BOXD_USER/" /etc/group ;;
-            esac
+            add_to_group "$group"
         fi
     done
     if [ -d /etc/sudoers.d ]; then
@@ -205,6 +224,17 @@ ensure_sudo() {
 }
 
 # -- what the host shares ---------------------------------------------------------------------------
+
+share_system_bus() {
+    # The host's system bus where programs look for it, as on the host (busctl, gdbus...);
+    # sessions also get DBUS_SYSTEM_BUS_ADDRESS. A box with a bus of its own keeps it.
+    [ -S "$HOST/run/dbus/system_bus_socket" ] || return 0
+    [ "$(readlink /run/dbus/system_bus_socket 2>/dev/null)" = "$HOST/run/dbus/system_bus_socket" ] && return 0
+    [ -S /run/dbus/system_bus_socket ] && return 0
+    mkdir -p /run/dbus && rm -f /run/dbus/system_bus_socket &&
+        ln -s "$HOST/run/dbus/system_bus_socket" /run/dbus/system_bus_socket ||
+        say "warning: could not link the host's system bus"
+}
 
 share_host_paths() {
     # The Kerberos KCM socket, like Toolbx; ssh-agent, Wayland, PipeWire/Pulse and the session
@@ -322,7 +352,9 @@ sync_host_files
 ensure_group
 ensure_user
 ensure_sudo
+join_host_groups
 share_host_paths
+share_system_bus
 apply_box_config
 write_profile
 

@@ -390,6 +390,16 @@ class Daemon:
                 found.append(entry)
         return found
 
+    def kill(self, signum: int = signal.SIGKILL, timeout: float = 30) -> int:
+        """Send the daemon this bed started `signum` and wait for it to end (its pid is the
+        daemon's own, sandbox or not); returns its exit status. start() brings it back."""
+        assert self.proc is not None and self.proc.poll() is None, "boxd is not running"
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc = None if self.proc.poll() is not None else self.proc
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()

@@ -15,7 +15,8 @@ def box_names(boxd):
     return sorted(b[1] for b in boxd.manager("ListBoxes")["body"][0])
 
 
-@pytest.mark.parametrize("name", ["../etc", "a/b", "-rf", "x" * 10_000, "ünï", "a\u202eb", ""])
+# (over 4096 bytes, a name is Error.TooLarge: tests/e2e/test_hostile.py)
+@pytest.mark.parametrize("name", ["../etc", "a/b", "-rf", "x" * 4000, "ünï", "a\u202eb", ""])
 def test_invalid_names(boxd_bed, alice, name):
     before = box_names(boxd_bed)
     reply = boxd_bed.manager("CreateBox", "ssa{sv}", [name, "", {}], user=alice["name"])

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from boxd import cli
 from boxd.cli import parse_with_argparse, plain_session
 
 TOKENS = ["run", "enter", "--user", "-c", "--container", "dev", "--", "ls", "-la", "-T",
@@ -93,3 +94,31 @@ def test_commands_without_a_name_use_the_default_box():
     assert argparse_reads(["stop", "a", "b"]).names == ["a", "b"]
     assert argparse_reads(["terminal"]).name == default_box()
     assert argparse_reads(["rm"]) is None  # removing never guesses
+
+
+def test_an_unknown_option_is_named_not_a_missing_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse(["--foo"])
+    assert exit_info.value.code == 2
+    assert "unrecognized option '--foo'" in capsys.readouterr().err
+
+
+def test_bare_boxctl_lists_the_common_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse([])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("boxctl: missing command\nThese are some common commands:\n")
+    assert "  enter" in err and "Run 'boxctl --help'" in err
+
+
+def test_rmi_takes_several_images():
+    args = cli.parse(["rmi", "-f", "a:1", "b:2"])
+    assert (args.references, args.force) == (["a:1", "b:2"], True)
+
+
+def test_an_empty_list_prints_nothing(capsys):
+    cli._print_list([], as_json=False)
+    assert capsys.readouterr().out == ""
+    cli._print_list([], as_json=True)
+    assert capsys.readouterr().out.strip() == "[]"
