@@ -112,6 +112,8 @@ async def serve(cfg: config.Config) -> int:
     await asyncio.wait([asyncio.create_task(stop.wait()), disconnected, follower],
                        return_when=asyncio.FIRST_COMPLETED)
     watch.stop()
+    crashed = follower.done()  # it retries podman's own failures for ever: its end is a bug
+    crash = follower.exception() if crashed and not follower.cancelled() else None
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await follower
@@ -123,6 +125,11 @@ async def serve(cfg: config.Config) -> int:
         await _flush(bus)
     await asyncio.sleep(0)
     await client.aclose()
+    if crashed:
+        # Exit non-zero (Restart=on-failure restarts it), with the traceback in the log.
+        _log.error("crashed", exc_info=crash or RuntimeError("the podman follower ended"))
+        bus.disconnect()
+        return 1
     if disconnected.done():
         _log.error("bus_lost")
         return 1

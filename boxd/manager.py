@@ -84,6 +84,13 @@ class _NullObserver:
     def box_removed(self, box: BoxInfo) -> None: pass
 
 
+# How often boxd checks that podman still answers, and how old its cached listing may be when a
+# call acts on it.
+PROBE_INTERVAL = 2.0
+CACHE_MAX_AGE = 30.0
+# podman events after which a container's processes are gone.
+_ENDED = frozenset({"died", "stop", "cleanup", "remove"})
+
 _STATES = {"running": "running", "paused": "paused", "stopping": "stopping",
            "removing": "removing", "created": "stopped", "configured": "stopped",
            "exited": "stopped", "stopped": "stopped", "initialized": "stopped"}
@@ -141,8 +148,14 @@ class BoxManager:
         self._boxes: dict[str, BoxInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: set[str] = set()
+        # One start per box at a time, shielded from its callers: a caller cancelled (ctrl-c,
+        # gone from the bus) must not leave the box half started.
+        self._start_tasks: dict[str, asyncio.Task[BoxInfo]] = {}
+        self._start_listeners: dict[str, list[Callable[[str], None]]] = {}
         self._stopping: set[str] = set()
         self._podman_up = False
+        self._on_podman_change: Callable[[bool], None] | None = None
+        self._synced_at = 0.0
         # Set once podman was first seen and what a previous boxd left running was found.
         self.ready = asyncio.Event()
         # Set then, or at the first failure to reach podman (it is down: nothing to wait for).
@@ -250,10 +263,51 @@ class BoxManager:
 
     async def start(self, name: str, on_output: Callable[[str], None] | None = None) -> BoxInfo:
         """Start a box and wait until its entry point is ready; `on_output` gets each line the
-        entry point prints on the way (package installs, hooks)."""
+        entry point prints on the way (package installs, hooks). A start under way is joined,
+        not repeated; cancelling this call leaves that start running to its end, so the box is
+        never left half started."""
         self.get(name)
+        await self.refresh_if_stale()
+        task = self._start_tasks.get(name)
+        if task is None:
+            listeners: list[Callable[[str], None]] = []
+            task = asyncio.create_task(self._start(name, listeners))
+            self._start_tasks[name] = task
+            self._start_listeners[name] = listeners
+            task.add_done_callback(lambda done: self._start_done(name, done))
+        listeners = self._start_listeners[name]
+        if on_output is not None:
+            listeners.append(on_output)
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if on_output is not None:
+                with contextlib.suppress(ValueError):
+                    listeners.remove(on_output)
+
+    def _start_done(self, name: str, task: asyncio.Task[BoxInfo]) -> None:
+        if self._start_tasks.get(name) is task:
+            del self._start_tasks[name]
+            self._start_listeners.pop(name, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Read here too: a start whose callers all left would otherwise log "never
+            # retrieved".
+            _log.debug("start_failed", box=name, error=str(task.exception()))
+
+    async def _start(self, name: str, listeners: list[Callable[[str], None]]) -> BoxInfo:
+        def output(line: str) -> None:
+            for listener in list(listeners):
+                listener(line)
+
         async with self._lock(name):
             box = self.get(name)
+            if box.state != "running":
+                # Whatever state an earlier start, podman or anyone else left, go by podman's
+                # word: a box running already has nothing to wait for (its entry point said
+                # ready to a token of before).
+                with self._podman_errors():
+                    box = _from_inspect(await self._podman.inspect_container(name))
+                self._upsert(box)
             if box.state == "running":
                 return box
             owner = await self._owner(box.owner)
@@ -263,19 +317,21 @@ class BoxManager:
             self._write_box_conf(name, owner, settings, token, held_groups(box.groups, owner))
             self._starting.add(name)
             self._set_state(name, "starting")
+            since = time.time()
             try:
                 pipe = readiness.ReadyPipe(self._config_dir(name), token)
                 with self._podman_errors(), pipe:
-                    since = time.time()
                     await self._podman.start_container(name)
                     told_by = await readiness.await_ready(self._podman, name, token, since,
                                                           self._config.start_timeout, pipe,
-                                                          on_output)
+                                                          output)
                     box = _from_inspect(await self._podman.inspect_container(name))
-            except Exception:
+            except BaseException:
                 self._starting.discard(name)
-                with contextlib.suppress(podman.PodmanError):  # not "starting" any more
+                try:  # not "starting" any more: what podman says, or unknown
                     self._upsert(_from_inspect(await self._podman.inspect_container(name)))
+                except (podman.PodmanError, asyncio.CancelledError):
+                    self._set_state(name, "unknown")
                 raise
             finally:
                 self._starting.discard(name)
@@ -422,6 +478,8 @@ class BoxManager:
                          error=exc.message)
 
     async def _running(self, name: str) -> BoxInfo:
+        self.get(name)
+        await self.refresh_if_stale()
         box = self.get(name)
         return box if box.state == "running" else await self.start(name)
 
@@ -504,34 +562,83 @@ class BoxManager:
 
     # -- podman events -------------------------------------------------------------------------
     async def run(self, on_podman_change: Callable[[bool], None] | None = None) -> None:
-        """Follow podman for ever: resync on (re)connect, then apply events as they come."""
+        """Follow podman for ever: resync on (re)connect, apply events as they come, and probe
+        that podman still answers. podman going away (socket closed, stream dropped, no answer
+        within podman_timeout) is retried with backoff; anything else is a bug and raises."""
+        self._on_podman_change = on_podman_change
         delay = 0.2
         while True:
+            follower = asyncio.create_task(self._follow())
+            probe = asyncio.create_task(self._probe())
             try:
-                # Subscribed first, then listed: a change in between waits in the stream.
-                async with self._podman.event_stream({"type": ["container"]}) as events:
-                    await self.resync()
-                    if not self.ready.is_set():
-                        await self._end_leftovers()
-                        self.ready.set()
-                        self.first_contact.set()
-                    if not self._podman_up:
-                        self._podman_up = True
-                        _log.info("podman_connected", socket=self._config.podman_socket)
-                        if on_podman_change:
-                            on_podman_change(True)
-                    delay = 0.2
-                    async for event in events:
-                        await self._on_event(event)
-            except podman.PodmanError as exc:
-                self.first_contact.set()
-                if self._podman_up:
-                    self._podman_up = False
-                    _log.warning("podman_lost", error=str(exc))
-                    if on_podman_change:
-                        on_podman_change(False)
+                done, _ = await asyncio.wait({follower, probe},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (follower, probe):
+                    task.cancel()
+                for task in (follower, probe):
+                    with contextlib.suppress(asyncio.CancelledError, podman.PodmanError):
+                        await task
+            why = "podman closed the event stream"
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, podman.PodmanError):
+                    raise exc
+                if exc is not None:
+                    why = str(exc)
+            self.first_contact.set()
+            if self._podman_up:
+                delay = 0.2  # it was up: try again soon
+            self._set_podman_up(False, why)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _follow(self) -> None:
+        # Subscribed first, then listed: a change in between waits in the stream.
+        async with self._podman.event_stream({"type": ["container"]}) as events:
+            await self.resync()
+            if not self.ready.is_set():
+                await self._end_leftovers()
+                self.ready.set()
+                self.first_contact.set()
+            self._set_podman_up(True)
+            async for event in events:
+                await self._on_event(event)
+        raise podman.PodmanUnavailable("podman closed the event stream")
+
+    async def _probe(self) -> None:
+        """Returns (raises PodmanUnavailable) once podman, while up, stops answering: a frozen
+        podman keeps its sockets open, so the event stream alone would not tell."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self._podman_up:
+                await self._podman.ping(timeout=self._config.podman_timeout)
+
+    def _set_podman_up(self, up: bool, why: str = "") -> None:
+        if up == self._podman_up:
+            return
+        self._podman_up = up
+        if up:
+            _log.info("podman_connected", socket=self._config.podman_socket)
+        else:
+            _log.warning("podman_lost", error=why)
+            # What boxd knew of boxes' states is stale until podman answers again, and what
+            # ran through podman (sessions' streams, warm execs) is gone or frozen with it.
+            for name in list(self._boxes):
+                self._set_state(name, "unknown")
+            self.sessions.podman_lost()
+        if self._on_podman_change:
+            self._on_podman_change(up)
+
+    async def refresh_if_stale(self) -> None:
+        """Resync from podman's listing if the last one is older than CACHE_MAX_AGE: events
+        can be missed (a podman that logs them elsewhere), and a call about to act on a box's
+        cached state should not trust a stale one."""
+        if not self._podman_up:
+            return
+        if asyncio.get_running_loop().time() - self._synced_at > CACHE_MAX_AGE:
+            with self._podman_errors():
+                await self.resync()
 
     async def _end_leftovers(self) -> None:
         """A previous boxd (killed, crashed, restarted) may have left sessions and warm
@@ -544,6 +651,7 @@ class BoxManager:
     async def resync(self) -> None:
         known_before = set(self._boxes)  # a box created while podman lists is not stale
         entries = await self._podman.list_containers(labels=[f"{LABEL_MANAGED}=true"])
+        self._synced_at = asyncio.get_running_loop().time()
         seen = set()
         for entry in entries:
             if _is_box(entry.get("Labels")):
@@ -564,6 +672,11 @@ class BoxManager:
         action = event.get("Action") or event.get("Status") or ""
         if action.startswith("exec") or action == "attach":
             return  # sessions come and go; the box's own state did not change
+        if known is not None and action in _ENDED and (not container_id
+                                                       or container_id == known.id):
+            # Its execs, warm ones included, died with it: none may be handed out while
+            # the inspect below is on its way.
+            self.sessions.warm.forget_box(name)
         if action == "remove":
             # An event may be late (about an earlier container of a re-created box) or come
             # from another podman sharing the event log: only the removal of the container we
@@ -621,6 +734,10 @@ class BoxManager:
     def _podman_errors(self):  # type: ignore[no-untyped-def]
         try:
             yield
+        except podman.PodmanTimeout:
+            raise errors.PodmanUnavailable(
+                f"podman at {self._config.podman_socket} did not answer within "
+                f"{self._config.podman_timeout:g} s; is it stopped or overloaded?") from None
         except podman.PodmanUnavailable:
             raise errors.PodmanUnavailable(
                 f"podman is not reachable at {self._config.podman_socket}; "

@@ -27,6 +27,11 @@ class PodmanUnavailable(PodmanError):
     """The socket is missing, refuses connections, or the service did not answer in time."""
 
 
+class PodmanTimeout(PodmanUnavailable):
+    """The service took the call but did not answer within the client's timeout (frozen or
+    overloaded)."""
+
+
 class ApiError(PodmanError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"podman answered {status}: {message}")
@@ -94,24 +99,20 @@ class PodmanClient:
                 method, path, params=params, json=json_body, content=content, headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
-            raise PodmanUnavailable(f"cannot reach podman at {self.socket_path}: {exc}") from None
         except httpx.TimeoutException:
-            raise PodmanUnavailable(
+            raise PodmanTimeout(
                 f"podman at {self.socket_path} did not answer in time") from None
+        except (httpx.TransportError, OSError) as exc:
+            # Any transport failure (refused, reset, closed mid-answer) is podman being away,
+            # never a crash of the caller.
+            raise PodmanUnavailable(f"cannot reach podman at {self.socket_path}: {exc}") from None
         _raise_for_status(response)
         return response
 
     # -- service -------------------------------------------------------------------------------
-    async def ping(self) -> bool:
-        await self._request("GET", "/_ping")
-        return True
-
-    async def version(self) -> dict[str, Any]:
-        return (await self._request("GET", "/version")).json()
-
-    async def info(self) -> dict[str, Any]:
-        return (await self._request("GET", "/info")).json()
+    async def ping(self, timeout: float | None = None) -> None:
+        """Raises PodmanUnavailable unless podman answers within `timeout` (its own default)."""
+        await self._request("GET", "/_ping", timeout=timeout)
 
     # -- containers ----------------------------------------------------------------------------
     async def create_container(self, spec: Mapping[str, Any]) -> str:
@@ -125,9 +126,6 @@ class PodmanClient:
     async def stop_container(self, name: str, timeout: int) -> None:
         await self._request("POST", f"/containers/{name}/stop", params={"timeout": timeout},
                             timeout=self._timeout + timeout)
-
-    async def kill_container(self, name: str, signal: str = "SIGKILL") -> None:
-        await self._request("POST", f"/containers/{name}/kill", params={"signal": signal})
 
     async def remove_container(self, name: str, force: bool = False) -> None:
         params = {"force": str(force).lower(), "v": "true"}
@@ -169,21 +167,21 @@ class PodmanClient:
         if tty and height and width:
             body["h"], body["w"] = height, width
         payload = json.dumps(body).encode()
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path,
-                                                                limit=1 << 20)
-        except OSError as exc:
-            raise PodmanUnavailable(f"cannot reach podman at {self.socket_path}: {exc}") from None
+        writer: asyncio.StreamWriter | None = None
         http = h11.Connection(h11.CLIENT)
-        writer.write(http.send(h11.Request(
-            method="POST", target=f"{API}/exec/{exec_id}/start",
-            headers=[("Host", "podman"), ("Content-Type", "application/json"),
-                     ("Content-Length", str(len(payload))), ("Connection", "Upgrade"),
-                     ("Upgrade", "tcp")])) or b"")
-        writer.write(http.send(h11.Data(data=payload)) or b"")
-        writer.write(http.send(h11.EndOfMessage()) or b"")
         try:
+            # One bound for all of it, connect included: a frozen podman accepts connections
+            # (the kernel does) and then says nothing.
             async with asyncio.timeout(self._timeout):
+                reader, writer = await asyncio.open_unix_connection(self.socket_path,
+                                                                    limit=1 << 20)
+                writer.write(http.send(h11.Request(
+                    method="POST", target=f"{API}/exec/{exec_id}/start",
+                    headers=[("Host", "podman"), ("Content-Type", "application/json"),
+                             ("Content-Length", str(len(payload))), ("Connection", "Upgrade"),
+                             ("Upgrade", "tcp")])) or b"")
+                writer.write(http.send(h11.Data(data=payload)) or b"")
+                writer.write(http.send(h11.EndOfMessage()) or b"")
                 while True:
                     event = http.next_event()
                     if event is h11.NEED_DATA:
@@ -196,15 +194,19 @@ class PodmanClient:
                         break
                     if isinstance(event, h11.Response):
                         text = await _read_body(http, reader)
-                        writer.close()
                         _raise_for_status(httpx.Response(event.status_code, content=text))
                         raise ApiError(event.status_code, "podman did not upgrade the exec stream")
-        except TimeoutError:
-            writer.close()
-            raise PodmanUnavailable("podman did not start the exec session in time") from None
-        except h11.RemoteProtocolError as exc:
-            writer.close()
-            raise PodmanUnavailable(f"podman sent a malformed answer: {exc}") from None
+        except BaseException as exc:
+            if writer is not None:
+                writer.close()
+            if isinstance(exc, TimeoutError):
+                raise PodmanTimeout("podman did not start the exec session in time") from None
+            if isinstance(exc, h11.RemoteProtocolError):
+                raise PodmanUnavailable(f"podman sent a malformed answer: {exc}") from None
+            if isinstance(exc, OSError):
+                raise PodmanUnavailable(
+                    f"cannot reach podman at {self.socket_path}: {exc}") from None
+            raise
         leftover, _closed = http.trailing_data
         return ExecStream(bytes(leftover), reader, writer)
 
@@ -294,8 +296,7 @@ class PodmanClient:
                     await resp.aread()
                     _raise_for_status(resp)
                 yield resp
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                FileNotFoundError) as exc:
+        except (httpx.TransportError, OSError) as exc:
             raise PodmanUnavailable(f"lost podman during {what}: {exc}") from None
 
     async def _json_lines(self, method: str, url: str, params: Mapping[str, Any], what: str
@@ -345,7 +346,11 @@ def split_reference(reference: str) -> tuple[str, str]:
 async def _json_objects(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     async for line in response.aiter_lines():
         if line.strip():
-            yield json.loads(line)
+            try:
+                yield json.loads(line)
+            except ValueError:
+                # A line torn by podman going away mid-write.
+                raise PodmanUnavailable(f"podman sent a malformed line: {line[:100]!r}") from None
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -133,6 +133,9 @@ class Session:
     tty: bool
     started: float = field(default_factory=time.monotonic)
     exit_status: int | None = None
+    # Why the process's own status is not known (podman went away, or forgot the exec):
+    # Wait() answers with this error rather than a made-up status.
+    error: errors.BoxdError | None = None
     exec_id: str = ""
     # Its caller left the bus: its fds are now someone else's terminal (the shell the client ran
     # from), where nothing more may land, podman's own "Error: read unixpacket ..." included.
@@ -153,6 +156,8 @@ class Session:
     async def wait(self) -> int:
         await self._done.wait()
         assert self.exit_status is not None
+        if self.error is not None:
+            raise self.error
         return self.exit_status
 
     async def resize(self, rows: int, cols: int) -> None:
@@ -248,6 +253,18 @@ class SessionManager:
     def forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
         memory.trim_soon()  # its buffers are free: give them back once the burst is over
+
+    def podman_lost(self) -> None:
+        """podman went away or stopped answering: the streams of every session and warm exec
+        pass through it, so they are dead or frozen. End the sessions with a clear error now
+        rather than leave their callers waiting on a podman that may never answer."""
+        self.warm.close()
+        for session in self._sessions.values():
+            if session.running and session._task is not None and not session._task.done():
+                session.error = errors.PodmanUnavailable(
+                    "podman went away during this session; the command's exit status is "
+                    "unknown")
+                session._task.cancel()
 
     def of_sender(self, sender: str) -> list[Session]:
         return [s for s in self._sessions.values() if s.caller_sender == sender]
@@ -376,7 +393,7 @@ class SessionManager:
         if line is None:
             return "", None, None
         key = WarmKey(request.box, request.user, request.tty)
-        taken = self.warm.take(key, request.login_files_changed)
+        taken = await self.warm.take(key, request.login_files_changed)
         if taken is None:
             return "", None, key
         exec_id, stream = taken
@@ -396,6 +413,17 @@ class SessionManager:
         try:
             await self._drain_output(session, stream, fds)
             status = await exit_status(self._podman, session.exec_id)
+        except asyncio.CancelledError:
+            pass  # podman_lost() (which said why) or the daemon stopping
+        except podman.PodmanUnavailable as exc:
+            session.error = errors.PodmanUnavailable(
+                "podman went away during this session; the command's exit status is unknown")
+            _log.warning("session_lost", session=session.id, box=session.box, error=str(exc))
+        except podman.NotFound as exc:
+            session.error = errors.BoxdError(
+                "podman no longer knows this session's process (was its box stopped outside "
+                "boxd?); its exit status is unknown")
+            _log.warning("session_lost", session=session.id, box=session.box, error=str(exc))
         except Exception:
             _log.exception("session_crashed", session=session.id, box=session.box)
         finally:
@@ -412,7 +440,7 @@ class SessionManager:
             session._unpin()
             session.exit_status = status
             session._done.set()
-            if session.warm_key is not None:
+            if session.warm_key is not None and session.error is None:
                 self.warm.refill(session.warm_key)
             _log.info("session_exited", session=session.id, box=session.box,
                       caller_uid=session.caller_uid, status=status,

@@ -6,8 +6,9 @@ a few execs of that kind started ahead. Each runs a small sh launcher that repor
 blocks reading one line from its stdin. A spawn that finds one writes its request (environment,
 directory, command, as quoted shell words) as that line, and the launcher execs the command in
 place: the exec's pid, exit status, resize and stdio become the session's own. Entries close after
-a while unused, and die with their box. Knows podman; knows nothing about boxes' lifecycles or
-D-Bus.
+a while unused, and die with their box (podman's events about it, and an inspect before one is
+handed out, make sure none outlives its container). Knows podman; knows nothing about boxes'
+lifecycles or D-Bus.
 """
 
 from __future__ import annotations
@@ -116,12 +117,13 @@ class WarmPool:
         self._kinds: dict[WarmKey, _Kind] = {}
         self._starting: set[str] = set()
 
-    def take(self, key: WarmKey, fresh_after: float = 0.0
-             ) -> tuple[str, podman.ExecStream] | None:
-        """A started exec of this kind if one is ready, and started after `fresh_after` (when
-        the user's login files last changed); either way, keep this kind warm. Refills
-        wait for refill() (the session's end) unless none is left: podman holds the box's lock
-        while it starts an exec, and a refill racing the session would delay its exit."""
+    async def take(self, key: WarmKey, fresh_after: float = 0.0
+                   ) -> tuple[str, podman.ExecStream] | None:
+        """A started exec of this kind if one is ready, started after `fresh_after` (when the
+        user's login files last changed) and podman still runs it; either way, keep this kind
+        warm. Refills wait for refill() (the session's end) unless none is left: podman holds
+        the box's lock while it starts an exec, and a refill racing the session would delay its
+        exit."""
         if self._size <= 0:
             return None
         kind = self._kinds.setdefault(key, _Kind())
@@ -131,16 +133,31 @@ class WarmPool:
         if kind.expiry is not None:
             kind.expiry.cancel()
         kind.expiry = loop.call_later(self._idle, self._expire, key)
-        taken = None
-        while kind.entries and taken is None:
+        entry = None
+        while kind.entries and entry is None:
             entry = kind.entries.pop(0)
-            if entry.alive and entry.started > fresh_after:
-                taken = (entry.exec_id, entry.stream)
-            else:
+            if not (entry.alive and entry.started > fresh_after):
                 entry.close()
+                entry = None
         if not kind.entries:
             self._refill(key, kind)
-        return taken
+        if entry is None:
+            return None
+        # Checked, not assumed: a container stopped behind boxd's back can leave its execs'
+        # connections open, and podman forgets them (404) once it cleans the container up.
+        try:
+            running = bool((await self._podman.exec_inspect(entry.exec_id)).get("Running"))
+        except podman.PodmanUnavailable:
+            entry.close()  # podman is away: so is this exec's stream, and a cold one would wait
+            raise
+        except podman.ApiError:
+            running = False
+        if not running or not entry.alive:
+            _log.info("warm_stale", box=key.box, exec_id=entry.exec_id)
+            entry.close()
+            self.forget_box(key.box)  # its siblings went with the same container
+            return None
+        return entry.exec_id, entry.stream
 
     def refill(self, key: WarmKey) -> None:
         """A session of this kind ended: top its kind up again."""

@@ -7,6 +7,7 @@ and cached between runs on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,8 +76,10 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> No
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _curl(socket: str, path: str, method: str = "GET", data_file: Path | None = None) -> bytes:
-    cmd = ["curl", "-sf", "--unix-socket", socket, "-X", method, f"http://d/v4.0.0/libpod{path}"]
+def _curl(socket: str, path: str, method: str = "GET", data_file: Path | None = None,
+          max_time: float = 0) -> bytes:
+    cmd = ["curl", "-sf", "-m", str(max_time), "--unix-socket", socket, "-X", method,
+           f"http://d/v4.0.0/libpod{path}"]
     if data_file is not None:
         cmd += ["-H", "Content-Type: application/x-tar", "--data-binary", f"@{data_file}"]
     return subprocess.run(cmd, check=True, capture_output=True).stdout
@@ -113,7 +116,7 @@ class Podman:
 
     def ping(self) -> bool:
         try:
-            return _curl(self.socket, "/_ping") == b"OK"
+            return _curl(self.socket, "/_ping", max_time=10) == b"OK"
         except subprocess.CalledProcessError:
             return False
 
@@ -128,6 +131,32 @@ class Podman:
             self.proc = None
         if os.path.exists(self.socket):
             os.unlink(self.socket)
+
+    def signal(self, signum: int) -> None:
+        """Signal the bed's own podman service process (SIGSTOP/SIGCONT freeze and thaw it;
+        the boxes' conmon processes are not its to freeze)."""
+        assert self.proc is not None and self.proc.poll() is None, "podman's service is not up"
+        os.kill(self.proc.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the service process, as a crash would; the socket file stays behind."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)  # a frozen one too
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc = None
+
+    def ensure_running(self) -> None:
+        """After a test froze or killed the service: thaw it, or start it again."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            wait_for(self.ping, 60, "podman's REST service to answer again", interval=0.2)
+            return
+        self.proc = None
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.start()
 
     def import_image(self, tarball: Path, reference: str) -> None:
         if not self.image_exists(reference):
@@ -155,6 +184,17 @@ class Podman:
 
     def inspect(self, name: str) -> dict:
         return json.loads(_curl(self.socket, f"/containers/{name}/json"))
+
+    def running_execs(self, name: str) -> list[str]:
+        """The container's exec sessions whose process runs (podman lists ended ones too)."""
+        running = []
+        for exec_id in self.inspect(name).get("ExecIDs") or []:
+            try:
+                if json.loads(_curl(self.socket, f"/exec/{exec_id}/json")).get("Running"):
+                    running.append(exec_id)
+            except subprocess.CalledProcessError:
+                pass  # gone meanwhile
+        return running
 
     def inspect_image(self, reference: str) -> dict:
         return json.loads(_curl(self.socket, f"/images/{reference}/json"))
