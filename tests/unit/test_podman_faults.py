@@ -128,8 +128,12 @@ async def test_a_cancelled_caller_leaves_its_start_running(setup, monkeypatch):
                         lambda *args: contextlib.nullcontext())
     monkeypatch.setattr(manager, "_write_box_conf", lambda *args: None)
     monkeypatch.setattr(manager, "_owner_lookup", lambda uid: None)
-    if hasattr(manager_module, "held_groups"):
-        monkeypatch.setattr(manager_module, "held_groups", lambda *args: ())
+    monkeypatch.setattr(manager_module, "held_groups", lambda *args: ())
+
+    async def no_range(owner: Any) -> None:
+        return None
+
+    monkeypatch.setattr(manager, "_id_range", no_range)
     first = asyncio.create_task(manager.start("dev"))
     await asyncio.wait_for(fake.started.wait(), 5)
     first.cancel()  # ctrl-c, or the caller left the bus
