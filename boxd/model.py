@@ -322,8 +322,6 @@ def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings
         "hostname": box_hostname(name, settings),
         "labels": {**extra_labels, LABEL_MANAGED: "true", LABEL_OWNER: str(owner.uid),
                    LABEL_VERSION: __version__},
-        # The host's limits, as Toolbx's `--ulimit host` gives, not podman's service's.
-        "r_limits": host_rlimits(runtime_limits_file=runtime_limits_file),
         "entrypoint": ["/bin/sh", INIT_PATH_IN_BOX],
         "command": [],
         # The entry point sets the box up as root (in the box); keep-id would default to the user.
@@ -346,6 +344,10 @@ def container_spec(*, name: str, image: str, owner: Owner, settings: BoxSettings
             _bind(str(config_dir), CONFIG_DIR_IN_BOX, "ro"),
         ],
     }
+    # The host's limits, as Toolbx's `--ulimit host` gives, not podman's service's.
+    rlimits = host_rlimits(runtime_limits_file=runtime_limits_file)
+    if rlimits:
+        spec["r_limits"] = rlimits
     if id_range is not None:
         spec["userns"] = {"nsmode": "private"}
         gids = [gid for _, gid in owner.groups if not id_range.holds_host_id(gid)]
@@ -389,6 +391,10 @@ def host_rlimits(limits_file: str = "/proc/1/limits",
     namespace, may lower limits but not raise them."""
     host = _read_limits(limits_file)
     runtime = _read_limits(runtime_limits_file) if runtime_limits_file else {}
+    if set(runtime) != {"nproc", "nofile"}:
+        # Without podman's own limits, a value above them would stop the box from starting
+        # on a host where the runtime cannot raise limits: leave them to podman.
+        return []
     limits: dict[str, tuple[int, int]] = {}
     for kind, which in (("nproc", resource.RLIMIT_NPROC), ("nofile", resource.RLIMIT_NOFILE)):
         _, own_hard = resource.getrlimit(which)

@@ -32,7 +32,7 @@ def start_box(client: BoxdClient, name: str, quiet: bool = False) -> None:
     with client.watching_daemon():  # a boxd that dies mid-start never sends Finished
         path = client.box(name, "StartJob", "a{sv}", ({},))[0]
         if path != "/":
-            if not quiet and sys.stderr.isatty():  # scripts that capture stderr get nothing
+            if not quiet:
                 print(f"Starting box {name} ...", file=sys.stderr, flush=True)
             follow(client, path, quiet)
 

@@ -129,12 +129,19 @@ def test_a_failing_start_job_says_why(boxd_bed, alice):
                    "boxes:\n  alice-hookfail: {hooks: [\"echo about to fail; exit 3\"]}\n")
     assert result.returncode == 0, result.stderr
     try:
+        start = subprocess.run(boxctl_argv(boxd_bed, user, "start", "alice-hookfail"),
+                               capture_output=True, timeout=120, cwd="/")
+        said = start.stderr.decode()
+        assert start.returncode == 1, said
+        assert "  about to fail\n" in said  # the hook's own output, shown as it ran
+        last = said.strip().splitlines()[-1]
+        assert last.startswith("boxctl: box 'alice-hookfail' failed to start"), said
+        # `run` on a stderr that is not a terminal says only why (as Toolbx, no progress).
         run = subprocess.run(boxctl_argv(boxd_bed, user, "run", "alice-hookfail", "--", "true"),
                              capture_output=True, timeout=120, cwd="/")
         said = run.stderr.decode()
         assert run.returncode == 1, said
-        assert "  about to fail\n" in said  # the hook's own output, shown as it ran
-        last = said.strip().splitlines()[-1]
-        assert last.startswith("boxctl: box 'alice-hookfail' failed to start"), said
+        assert len(said.strip().splitlines()) == 1, said
+        assert said.startswith("boxctl: box 'alice-hookfail' failed to start"), said
     finally:
         boxd_bed.box("alice-hookfail", "Remove", "b", [True], user=user)

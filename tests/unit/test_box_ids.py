@@ -59,14 +59,17 @@ def test_host_limits_come_from_pid_1_and_a_login_open_file_limit(tmp_path):
     nproc_hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
     nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     cap = (lambda n: n) if nproc_hard < 0 else (lambda n: min(n, nproc_hard))
-    assert host_rlimits(str(limits)) == [
+    runtime = tmp_path / "runtime"
+    runtime.write_text("Max processes             unlimited    unlimited    processes\n"
+                       "Max open files            unlimited    unlimited    files\n")
+    assert host_rlimits(str(limits), str(runtime)) == [
         {"type": "nproc", "soft": cap(96363), "hard": cap(96363)},
         {"type": "nofile", "soft": min(1024, nofile_hard), "hard": min(524288, nofile_hard)}]
 
 
-def test_unreadable_limits_fall_back_to_boxds_own(tmp_path):
-    kinds = [limit["type"] for limit in host_rlimits(str(tmp_path / "missing"))]
-    assert kinds == ["nproc", "nofile"]
+def test_without_the_runtimes_limits_podman_keeps_its_own(tmp_path):
+    assert host_rlimits("/proc/1/limits", str(tmp_path / "missing")) == []
+    assert host_rlimits("/proc/1/limits") == []
 
 
 def test_limits_stay_under_the_runtimes_hard_limits(tmp_path):
