@@ -21,12 +21,12 @@ rm -rf "$runtime"
 
 echo "== pytest"
 if [ $# -gt 0 ]; then
-    exec "$venv/bin/pytest" -ra "$@"
+    exec "$venv/bin/pytest" -raR "$@"
 fi
-"$venv/bin/pytest" -ra
+"$venv/bin/pytest" -raR
 
 # No systemd runs as PID 1 on CI machines: emulate as much of boxd.service's sandbox as works
 # without it (capabilities, no new privileges, a read-only file system, a private /proc, no
 # network) and run the end-to-end tests again against a daemon inside it.
 echo "== pytest: end-to-end, the daemon inside boxd.service's sandbox"
-BOXD_TEST_UNIT_SANDBOX=1 exec "$venv/bin/pytest" -ra tests/e2e
+BOXD_TEST_UNIT_SANDBOX=1 exec "$venv/bin/pytest" -raR tests/e2e
