@@ -51,8 +51,13 @@ async def main(address, path, plan, argv):
         body=[b"/", [a.encode() for a in argv], mapping, {}, {}], unix_fds=fds))
     if reply.message_type == MessageType.ERROR:
         print(json.dumps({"error": reply.error_name, "message": reply.body[0]}))
-    else:
-        print(json.dumps({"body": reply.body}))
+        return
+    # Stay until the command ends: a caller that leaves has its session hung up, and nothing
+    # more lands on its fds.
+    status = await bus.call(Message(
+        destination="io.github.boxd1", path=reply.body[0], interface="io.github.boxd1.Session",
+        member="Wait"))
+    print(json.dumps({"body": reply.body, "status": status.body}))
 
 asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])))
 """
