@@ -12,6 +12,7 @@ or D-Bus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -48,6 +49,18 @@ class PinnedProcess:
             process.close()
             return None
         return process
+
+    @classmethod
+    def open(cls, pid: int) -> PinnedProcess | None:
+        """Pin `pid` unchecked, for a pid the caller has just learnt from podman and checks
+        with podman again once pinned; None if it is gone. (Needs no /proc, which the unit's
+        sandbox may hide.)"""
+        if pid <= 1:
+            return None
+        try:
+            return cls(pid, os.pidfd_open(pid))
+        except ProcessLookupError:  # gone already; other errors (EMFILE) are the caller's
+            return None
 
     @property
     def closed(self) -> bool:
@@ -94,6 +107,29 @@ class PinnedProcess:
         if not await self.wait(grace):
             _log.info("process_killed_after_hangup", pid=self.pid, grace=grace)
             self.signal(signal.SIGKILL)
+
+    def signal_group(self, signum: int) -> bool:
+        """Signal the process, and its process group if it leads one; False if it is gone.
+        Only while it lives: its pid, and so its group id, cannot be reused until it is
+        reaped."""
+        if self.exited():
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, signum)
+                return True
+        return self.signal(signum)
+
+    async def hang_up_group(self, grace: float) -> str:
+        """End it as a closing terminal does: SIGHUP to it and its group, SIGKILL if still
+        there after `grace`. Returns "gone" (it was), "hung up" or "killed"."""
+        if not self.signal_group(signal.SIGHUP):
+            return "gone"
+        if await self.wait(grace):
+            return "hung up"
+        self.signal_group(signal.SIGKILL)
+        await self.wait(5)
+        return "killed"
 
     def children(self) -> list[PinnedProcess]:
         """Its live children, each pinned and checked to be its child."""

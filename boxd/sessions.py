@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
-import os
-import select
 import signal
 import struct
 import termios
@@ -556,18 +554,17 @@ async def hang_up_exec(client: podman.PodmanClient, exec_id: str, grace: float) 
     except podman.NotFound:
         return "gone"
     pid = int(info.get("Pid") or 0)
-    if not info.get("Running") or pid <= 1:
+    if not info.get("Running"):
         return "gone"
-    try:
-        pinned = _Pinned(pid)
-    except ProcessLookupError:
+    pinned = PinnedProcess.open(pid)
+    if pinned is None:
         return "gone"
     try:
         # Pinned, then still podman's: the pidfd is this exec's process, not a successor's.
         again = await client.exec_inspect(exec_id)
         if not again.get("Running") or int(again.get("Pid") or 0) != pid:
             return "gone"
-        return await pinned.hang_up(grace)
+        return await pinned.hang_up_group(grace)
     finally:
         pinned.close()
 
@@ -577,80 +574,13 @@ async def hang_up_process(pid: int, grace: float) -> str:
     session and group of its own: its children without job control share the group; an
     interactive shell passes the hang-up on to its jobs); SIGKILL them if it is still there
     after `grace`. Returns "gone" (it was), "hung up" or "killed"."""
-    try:
-        pinned = _Pinned(pid)
-    except ProcessLookupError:
+    pinned = PinnedProcess.open(pid)
+    if pinned is None:
         return "gone"
     try:
-        return await pinned.hang_up(grace)
+        return await pinned.hang_up_group(grace)
     finally:
         pinned.close()
-
-
-class _Pinned:
-    """A process held by a pidfd: signals reach it, never a process that reused its pid.
-    (To be replaced by boxd.process.PinnedProcess.)"""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.fd = os.pidfd_open(pid)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def alive(self) -> bool:
-        try:
-            signal.pidfd_send_signal(self.fd, 0)
-        except ProcessLookupError:
-            return False
-        return not _readable(self.fd)
-
-    def signal_group(self, signum: int) -> None:
-        """Signal the process, and its group if it leads one. Only while it lives: its pid,
-        and so its group id, cannot be reused until it is reaped."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(self.pid) == self.pid:
-                os.killpg(self.pid, signum)
-                return
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self.fd, signum)
-
-    async def exited(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the process to end (its pidfd turns readable)."""
-        if not self.alive():
-            return True
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        loop.add_reader(self.fd, lambda: ended.done() or ended.set_result(None))
-        try:
-            async with asyncio.timeout(timeout):
-                await ended
-                return True
-        except TimeoutError:
-            return False
-        finally:
-            loop.remove_reader(self.fd)
-
-    async def hang_up(self, grace: float) -> str:
-        if not self.alive():
-            return "gone"
-        self.signal_group(signal.SIGHUP)
-        if await self.exited(grace):
-            return "hung up"
-        self.signal_group(signal.SIGKILL)
-        await self.exited(5)
-        return "killed"
-
-
-def _readable(fd: int) -> bool:
-    """A pidfd is readable once its process has ended. (poll: fds past 1024 are fine.)"""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 async def exit_status(client: podman.PodmanClient, exec_id: str) -> int:
